@@ -1,0 +1,30 @@
+# gpufaas: `make test` and `make demo` work from a fresh clone (they create .venv first).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test bench demo lint clean
+
+install: $(STAMP)
+
+# NOTE: torch==2.13.0 is installed first and on its own: on this machine it resolves to a local CPU
+# build, while a looser range lets pip pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench: install
+	$(BIN)/gpufaas bench all
+
+demo: install
+	$(BIN)/python -m gpufaas.gateway.demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info

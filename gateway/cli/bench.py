@@ -1,0 +1,82 @@
+"""`gpufaas bench`: the project's benchmarks, each a subcommand with `--json`; `all` runs every one."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+from pathlib import Path
+
+import click
+
+SCENARIOS = Path(__file__).resolve().parents[2] / "loadgen" / "scenarios"
+
+
+def emit(name: str, result: dict, as_json: bool) -> None:
+    """Print one benchmark's figures: a JSON object, or `name: key=value ...` for people."""
+    if as_json:
+        json.dump(result, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        click.echo(f"{name}: " + json.dumps(result))
+    sys.stdout.flush()
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks (figures, never pass/fail). `gpufaas bench all` runs them all."""
+
+
+def sim_speed(policy: str = "batch1-wholegpu", duration_s: float | None = None) -> dict:
+    """Invocations simulated per second of wall time on mixed.yaml, and peak RSS."""
+    from gpufaas.loadgen.scenario import load_scenario
+    from gpufaas.loadgen.simdriver import run_scenario
+
+    sc = load_scenario(SCENARIOS / "mixed.yaml")
+    if duration_s is not None:
+        sc = sc.model_copy(update={"duration_s": duration_s})
+    r = run_scenario(sc, policy)
+    return {"policy": policy, "scenario": "mixed", "invocations": r["invocations"], "sim_wall_s": r["sim_wall_s"],
+            "invocations_per_s": round(r["invocations"] / r["sim_wall_s"], 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+@bench.command("sim")
+@click.option("--policy", default="batch1-wholegpu", show_default=True, help="policy to simulate")
+@click.option("--duration", "duration_s", type=float, default=None, help="override the scenario duration (s)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def bench_sim(policy: str, duration_s: float | None, as_json: bool) -> None:
+    """Simulator speed: invocations per wall second on mixed.yaml, one core."""
+    emit("sim", sim_speed(policy, duration_s), as_json)
+
+
+# NOTE: other benchmarks live beside the code they measure, in modules named here, each exporting
+# COMMAND (a click command named after the benchmark); `all` runs whatever is registered, in order.
+_OPTIONAL = ["bench_scheduler", "bench_dispatch", "bench_gateway", "bench_loadgen"]
+
+
+def register_optional() -> None:
+    """Add the benchmark commands of the modules in _OPTIONAL that exist."""
+    import importlib
+
+    for modname in _OPTIONAL:
+        full = f"gpufaas.gateway.cli.{modname}"
+        try:
+            mod = importlib.import_module(full)
+        except ModuleNotFoundError as e:
+            if e.name != full:
+                raise
+            continue
+        if mod.COMMAND.name not in bench.commands:
+            bench.add_command(mod.COMMAND)
+
+
+@bench.command("all")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per benchmark, one per line")
+@click.pass_context
+def bench_all(ctx: click.Context, as_json: bool) -> None:
+    """Run every benchmark in turn."""
+    for name, cmd in bench.commands.items():
+        if name == "all":
+            continue
+        ctx.invoke(cmd, as_json=as_json)

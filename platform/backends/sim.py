@@ -1,0 +1,36 @@
+"""The simulation backend: instances are timed by their profiles on the virtual clock.
+
+Cold start = the profile's container + runtime-init + model-load time; a batch takes the profiled
+latency for (GPU type, batch size, share). Nothing runs: this is Clockwork's dummy worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gpufaas.platform.runtime import Batch, Instance
+
+
+class SimBackend:
+    """Profile-timed instances on a `VirtualClock` (or any clock with `call_at_fast`)."""
+
+    name = "sim"
+
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+        self.ctl: Any = None
+
+    def bind(self, controller: Any) -> None:
+        self.ctl = controller
+
+    def start(self, inst: Instance) -> None:
+        t = self.ctl.cold_start_ns(inst.function, inst.gpu)
+        self.clock.call_at_fast(self.clock.now_ns() + t, self.ctl.on_instance_ready, inst)
+
+    def submit(self, inst: Instance, batch: Batch) -> None:
+        gpu = inst.gpu
+        t = inst.function.latency_ns(gpu.type_name, len(batch.jobs), inst.share_units, gpu.share_units)
+        self.clock.call_at_fast(self.clock.now_ns() + t, self.ctl.on_batch_done, inst, batch)
+
+    def stop(self, inst: Instance) -> None:
+        pass

@@ -1,0 +1,141 @@
+"""The one injected clock: integer nanoseconds, live (`LoopClock`) or simulated (`VirtualClock`).
+
+Every component that needs time takes a `Clock` in its constructor. No code outside this module reads
+wall time; the only other wall-time read, `perf_ns()`, measures how long code takes (policy decision
+time, simulator speed) and never feeds a decision.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from typing import Any, Callable, Protocol, runtime_checkable
+
+NS_PER_MS = 1_000_000
+NS_PER_S = 1_000_000_000
+
+
+def ms_to_ns(ms: float) -> int:
+    """Convert milliseconds (float) to integer nanoseconds, rounding to the nearest ns."""
+    return int(round(ms * NS_PER_MS))
+
+
+def s_to_ns(s: float) -> int:
+    """Convert seconds (float) to integer nanoseconds, rounding to the nearest ns."""
+    return int(round(s * NS_PER_S))
+
+
+def perf_ns() -> int:
+    """Monotonic wall time for measuring code duration only (decision time, benchmark speed)."""
+    return time.perf_counter_ns()
+
+
+class Handle:
+    """A scheduled callback; `cancel()` stops it from running. Returned by `Clock.call_at`."""
+
+    __slots__ = ("cancelled", "_inner")
+
+    def __init__(self, inner: Any = None) -> None:
+        self.cancelled = False
+        self._inner = inner
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self._inner is not None:
+            self._inner.cancel()
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """What the controller and backends need from time. Implemented by LoopClock and VirtualClock."""
+
+    def now_ns(self) -> int:
+        """Current time in integer nanoseconds since the clock's epoch."""
+        ...
+
+    def call_at(self, when_ns: int, callback: Callable[..., Any], *args: Any) -> Handle:
+        """Run `callback(*args)` at `when_ns` (or at once if that is in the past)."""
+        ...
+
+
+class VirtualClock:
+    """Discrete-event simulated time: a heap of callbacks ordered by (time_ns, seq).
+
+    The simulator's event loop. `run()` pops callbacks in time order and advances `now_ns` to each;
+    callbacks at the same instant run in the order they were scheduled (seq is a global counter, the
+    SimPy `_eid` idea), which makes a run deterministic for a given seed.
+    """
+
+    __slots__ = ("_now_ns", "_heap", "_seq", "events_run")
+
+    def __init__(self, start_ns: int = 0) -> None:
+        self._now_ns = start_ns
+        self._heap: list[tuple[int, int, Handle | None, Callable[..., Any], tuple]] = []
+        self._seq = 0
+        self.events_run = 0
+
+    def now_ns(self) -> int:
+        return self._now_ns
+
+    def call_at(self, when_ns: int, callback: Callable[..., Any], *args: Any) -> Handle:
+        handle = Handle()
+        self._seq += 1
+        heapq.heappush(self._heap, (max(when_ns, self._now_ns), self._seq, handle, callback, args))
+        return handle
+
+    def call_at_fast(self, when_ns: int, callback: Callable[..., Any], *args: Any) -> None:
+        """Like `call_at` but not cancellable: no Handle is allocated (the simulator's hot path)."""
+        self._seq += 1
+        heapq.heappush(self._heap, (when_ns if when_ns > self._now_ns else self._now_ns, self._seq, None, callback, args))
+
+    def pending(self) -> int:
+        """Number of scheduled (possibly cancelled) callbacks."""
+        return len(self._heap)
+
+    def run(self, until_ns: int | None = None) -> None:
+        """Run callbacks in time order until none are left, or the next one is after `until_ns`."""
+        heap = self._heap
+        pop = heapq.heappop
+        n = 0
+        while heap:
+            if until_ns is not None and heap[0][0] > until_ns:
+                self._now_ns = until_ns
+                break
+            when_ns, _, handle, callback, args = pop(heap)
+            if handle is not None and handle.cancelled:
+                continue
+            self._now_ns = when_ns
+            callback(*args)
+            n += 1
+        self.events_run += n
+
+
+class LoopClock:
+    """Live time from the running asyncio loop (`loop.time()`), in integer nanoseconds.
+
+    Used by the gateway and live backends. The epoch is the loop's monotonic clock, so values are only
+    comparable within one process.
+    """
+
+    def __init__(self, loop: Any | None = None) -> None:
+        import asyncio
+
+        self._loop = loop or asyncio.get_event_loop()
+
+    def now_ns(self) -> int:
+        return int(self._loop.time() * NS_PER_S)
+
+    def call_at(self, when_ns: int, callback: Callable[..., Any], *args: Any) -> Handle:
+        inner = self._loop.call_at(when_ns / NS_PER_S, callback, *args)
+        return Handle(inner)
+
+    def call_at_fast(self, when_ns: int, callback: Callable[..., Any], *args: Any) -> None:
+        self._loop.call_at(when_ns / NS_PER_S, callback, *args)
+
+    async def sleep_until(self, when_ns: int) -> None:
+        """Suspend the calling coroutine until `when_ns`."""
+        import asyncio
+
+        delay_s = (when_ns - self.now_ns()) / NS_PER_S
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)

@@ -1,0 +1,154 @@
+"""`batch1-wholegpu`: classic serverless. One request per batch, one whole GPU per instance.
+
+What it decides, per function queue: each queued job goes to an idle warm instance (whole GPU, batch
+1). Jobs left over are a backlog: while it exceeds the number of instances already cold-starting, one
+more instance is started on an entirely free GPU (the job is not pinned to it: whichever instance
+frees first takes it). Without a free GPU it evicts the longest-idle warm instance of another function
+(OpenWhisk-style container eviction); a function with no instance at all, when none is idle, drains
+one busy instance of the function that holds the most GPUs (it stops after its current batch and its
+GPU is reserved in the policy state), so no function starves. No batching, no sharing, no SLO
+awareness: the floor every other policy is compared against.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from gpufaas.platform.decisions import Decisions, Dispatch, Start, Stop
+from gpufaas.platform.runtime import InstanceState
+from gpufaas.platform.views import ClusterView
+
+
+class Batch1WholeGpu:
+    """State: `(reserved, next_scale_ns)`: `reserved` maps GPUs being drained to the function that has no
+    instance; `next_scale_ns` is the next autoscaler tick."""
+
+    name = "batch1-wholegpu"
+
+    def initial_state(self, view: ClusterView) -> Any:
+        return ({}, 0)
+
+    def schedule(self, view: ClusterView, now_ns: int, state: Any) -> tuple[Decisions, Any]:
+        actions: list = []
+        used: set[int] = set()  # instances stopped or given work in this pass: not eviction victims
+        backlog: dict[str, int] = {}
+        for q in view.ready_queues():
+            fname = q.function
+            idle = [i for i in view.instances(fname)
+                    if i.state == InstanceState.IDLE and not i.backlog and not i.stopping and i.id not in used]
+            k = 0
+            for job in q.jobs:
+                if k >= len(idle):
+                    break
+                inst = idle[k]
+                if inst.id == job.excluded:
+                    continue
+                k += 1
+                used.add(inst.id)
+                actions.append(Dispatch((job.id,), inst.id))
+            backlog[fname] = backlog.get(fname, 0) + len(q.jobs) - k
+        # a reservation lives while its function still has a backlog and no instance
+        reserved = {g: f for g, f in state[0].items() if backlog.get(f, 0) > 0 and not view.instances(f)}
+        short = [f for f, w in backlog.items() if w > 0 and w > _starting(view, f)]
+        if not short:
+            return Decisions(tuple(actions)), (reserved, state[1])
+        # NOTE: scale-out runs on an autoscaler tick (Knative evaluates every 2 s; we use 100 ms), or at
+        # once for a function with no instance at all; between ticks a pass only dispatches to warm ones.
+        next_scale_ns = state[1]
+        if now_ns < next_scale_ns and all(view.instances(f) for f in short):
+            return Decisions(tuple(actions), wake_at_ns=next_scale_ns), (reserved, next_scale_ns)
+        free_gpus = [g for g in view.gpus if g.free_units == g.share_units]
+        want = _desired(view)
+        victims: list | None = None  # idle instances that could be evicted, longest idle first
+        # functions without any instance first, so that none starves
+        for fname in sorted(short, key=lambda f: len(view.instances(f)) > 0):
+            waiting = backlog[fname]
+            fn = view.functions[fname]
+            live = view.instances(fname)
+            starting = _starting(view, fname)
+            n_live = len(live)
+            while waiting > starting and n_live < want.get(fname, 1):
+                gpu = next((g for g in free_gpus if reserved.get(g.id, fname) == fname
+                            and g.share_units in fn.share_units.get(g.type_name, ())
+                            and g.memory_mb >= fn.tables[g.type_name].memory_mb(1)), None)
+                if gpu is not None:
+                    free_gpus.remove(gpu)
+                    reserved.pop(gpu.id, None)
+                else:
+                    if victims is None:
+                        victims = _eviction_candidates(view, want)
+                    victim = next((v for v in victims if v.id not in used and v.function.name != fname
+                                   and v.gpu.share_units in fn.share_units.get(v.gpu.type_name, ())), None)
+                    if victim is not None:
+                        used.add(victim.id)
+                        actions.append(Stop(victim.id))
+                        gpu = victim.gpu
+                    else:
+                        if not live and not starting and fname not in reserved.values():
+                            drain = _drain_victim(view, fname, used)
+                            if drain is not None:
+                                used.add(drain.id)
+                                actions.append(Stop(drain.id))  # frees its GPU after the current batch
+                                reserved[drain.gpu.id] = fname
+                        break
+                actions.append(Start(fname, gpu.id, gpu.share_units, 1))
+                starting += 1
+                n_live += 1
+        return Decisions(tuple(actions)), (reserved, now_ns + SCALE_TICK_NS)
+
+
+# NOTE: Knative-style sizing: an instance is wanted per (arrival rate x batch-1 service time / 0.7), the
+# 0.7 being Knative's default target utilisation; at least one while there is a backlog.
+TARGET_UTILISATION = 0.7
+SCALE_TICK_NS = 100_000_000
+
+
+def _desired(view: ClusterView) -> dict[str, int]:
+    """Instances wanted per function from its queues' arrival-rate EWMAs."""
+    rate: dict[str, float] = {}
+    for wf in view.workflows.values():
+        for st in wf.stages:
+            rate[st.function] = rate.get(st.function, 0.0) + st.queue.rate_per_s
+    out = {}
+    for fname, r in rate.items():
+        fn = view.functions[fname]
+        g = view.gpus[0]
+        svc_s = fn.latency_ns(g.type_name, 1, g.share_units, g.share_units) / 1e9
+        out[fname] = max(1, math.ceil(r * svc_s / TARGET_UTILISATION))
+    return out
+
+
+def _starting(view: ClusterView, function: str) -> int:
+    return sum(1 for i in view.instances(function) if i.state == InstanceState.STARTING)
+
+
+def _eviction_candidates(view: ClusterView, want: dict[str, int]) -> list:
+    """Idle warm instances alone on a whole GPU whose function has more instances than it wants,
+    longest idle first."""
+    out = []
+    for g in view.gpus:
+        if len(g.instance_ids) != 1:
+            continue
+        inst = view.instance(next(iter(g.instance_ids)))
+        if (inst.state == InstanceState.IDLE and not inst.backlog and not inst.stopping
+                and inst.share_units == g.share_units
+                and len(view.instances(inst.function.name)) > want.get(inst.function.name, 1)):
+            out.append(inst)
+    out.sort(key=lambda i: i.idle_since_ns)
+    return out
+
+
+def _drain_victim(view: ClusterView, function: str, exclude: set[int]):
+    """A busy instance of the function that holds the most running instances (at least 2), or None."""
+    best = None
+    best_n = 1
+    for fname in view.functions:
+        if fname == function:
+            continue
+        busy = [i for i in view.instances(fname) if i.state == InstanceState.BUSY and not i.stopping and i.id not in exclude]
+        n = sum(1 for i in view.instances(fname) if i.state != InstanceState.STARTING)
+        if busy and n > best_n:
+            best_n = n
+            best = busy[-1]
+    return best

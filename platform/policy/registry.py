@@ -1,0 +1,89 @@
+"""Policies by name: one registry that refuses duplicates, plus `module:Class` for outside policies.
+
+Who calls it: `gpufaas sim`, the gateway and the benchmarks, through `make_policy(name, **params)`.
+`builtin_registry()` lists every in-tree policy in one place; nothing registers itself by being
+imported (the set of policies never depends on import order).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+from gpufaas.platform.errors import UserError
+from gpufaas.platform.policy import names
+from gpufaas.platform.policy.interface import Policy
+
+PolicyFactory = Callable[..., Policy]
+
+
+class Registry:
+    """Name -> policy factory. `register` raises on a duplicate name."""
+
+    def __init__(self) -> None:
+        self._factories: dict[str, PolicyFactory] = {}
+
+    def register(self, name: str, factory: PolicyFactory) -> None:
+        if name in self._factories:
+            raise ValueError(f"policy '{name}' is already registered")
+        self._factories[name] = factory
+
+    def merge(self, other: "Registry") -> None:
+        """Add every policy of `other` (out-of-tree packages); duplicates raise."""
+        for name, f in other._factories.items():
+            self.register(name, f)
+
+    def names(self) -> list[str]:
+        return sorted(self._factories)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._factories
+
+    def make(self, name: str, **params: Any) -> Policy:
+        """Build a policy by registered name or 'package.module:Class'. UserError lists the known names."""
+        factory = self._factories.get(name)
+        if factory is None and ":" in name:
+            mod, _, attr = name.partition(":")
+            try:
+                factory = getattr(importlib.import_module(mod), attr)
+            except (ImportError, AttributeError) as e:
+                raise UserError(f"policy '{name}': cannot import it ({e}); give 'package.module:Class'") from None
+        if factory is None:
+            raise UserError(f"unknown policy '{name}'; registered policies: {', '.join(self.names())} (or 'package.module:Class')")
+        try:
+            return factory(**params)
+        except TypeError as e:
+            raise UserError(f"policy '{name}': bad parameters {params}: {e}") from None
+
+
+def builtin_registry() -> Registry:
+    """Every in-tree policy, registered here and nowhere else."""
+    from gpufaas.platform.policy.batch1_wholegpu import Batch1WholeGpu
+
+    reg = Registry()
+    reg.register(names.BATCH1_WHOLEGPU, Batch1WholeGpu)
+    for name, modname, cls in _OPTIONAL:
+        try:
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError as e:
+            if e.name != modname:
+                raise
+            continue
+        reg.register(name, getattr(mod, cls))
+    return reg
+
+
+# NOTE: policies that live in their own modules; listed here so the registry stays the one place that
+# names them. A module that is not there yet is skipped (ModuleNotFoundError for that module only).
+_OPTIONAL = [
+    (names.ESG, "gpufaas.platform.policy.esg", "EsgPolicy"),
+    (names.ORACLE, "gpufaas.platform.policy.oracle", "OraclePolicy"),
+    (names.INFLESS, "gpufaas.platform.policy.infless", "InflessPolicy"),
+    (names.FASTGSHARE, "gpufaas.platform.policy.fastgshare", "FastGSharePolicy"),
+    (names.STATIC, "gpufaas.platform.policy.static", "StaticPolicy"),
+]
+
+
+def make_policy(name: str, **params: Any) -> Policy:
+    """Shortcut: build a policy from the built-in registry."""
+    return builtin_registry().make(name, **params)

@@ -1,0 +1,287 @@
+"""Runtime state of the control plane: GPUs, instances, workflows, invocations, jobs and AFW queues.
+
+Plain `__slots__` classes, compiled once from the pydantic specs: this is the hot path of both the
+simulator and the gateway. Who mutates them: only the `Controller` (and the backends report through
+its callbacks). Policies receive them through a `ClusterView` and must treat them as read-only
+(`Controller(check_purity=True)` verifies that in tests).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from enum import IntEnum
+from typing import Any, Callable
+
+from gpufaas.platform.clock import NS_PER_S, ms_to_ns, s_to_ns
+from gpufaas.platform.errors import SpecError
+from gpufaas.platform.profiles import LatencyTable, Profiles
+from gpufaas.platform.specs import ClusterSpec, FunctionSpec, WorkflowSpec
+
+
+class InstanceState(IntEnum):
+    """Lifecycle: STARTING -> IDLE <-> BUSY -> STOPPED (keep-alive expiry, Stop, or failure)."""
+
+    STARTING = 0
+    IDLE = 1
+    BUSY = 2
+    STOPPED = 3
+
+
+class InvocationStatus(IntEnum):
+    """How an invocation ended. Every invocation ends exactly once."""
+
+    PENDING = 0
+    COMPLETED = 1
+    FAILED = 2
+    REJECTED = 3
+    TIMED_OUT = 4
+
+
+class Gpu:
+    """One physical GPU: share units and memory, both tracked as free amounts."""
+
+    __slots__ = ("id", "node", "node_index", "type_name", "share_units", "free_units", "memory_mb", "free_mb",
+                 "usd_per_unit_ns", "instance_ids")
+
+    def __init__(self, gpu_id: int, node: str, node_index: int, type_name: str, share_units: int, memory_mb: float, price_per_hour_usd: float) -> None:
+        self.id = gpu_id
+        self.node = node
+        self.node_index = node_index
+        self.type_name = type_name
+        self.share_units = share_units
+        self.free_units = share_units
+        self.memory_mb = float(memory_mb)
+        self.free_mb = float(memory_mb)
+        # cost of holding one share unit for one nanosecond
+        self.usd_per_unit_ns = price_per_hour_usd / 3600.0 / NS_PER_S / share_units
+        self.instance_ids: set[int] = set()
+
+    def __repr__(self) -> str:
+        return f"Gpu({self.id}@{self.node} {self.type_name} free={self.free_units}/{self.share_units} mem={self.free_mb:.0f}/{self.memory_mb:.0f})"
+
+
+class FunctionRt:
+    """A deployed function compiled for the cluster: its profile per GPU type and its share options."""
+
+    __slots__ = ("name", "spec", "tables", "batch_sizes", "shares", "share_units", "keep_alive_ns", "output_bytes", "tenant", "_lat_ns")
+
+    def __init__(self, spec: FunctionSpec, cluster: ClusterSpec, profiles: Profiles, default_keep_alive_s: float) -> None:
+        self.name = spec.name
+        self.spec = spec
+        self.tenant = spec.tenant
+        self.batch_sizes: tuple[int, ...] = tuple(spec.batch_sizes)
+        self.shares: tuple[float, ...] = tuple(spec.shares)
+        self.tables: dict[str, LatencyTable] = {}
+        self.share_units: dict[str, tuple[int, ...]] = {}
+        used_types = {n.gpu_type for n in cluster.nodes if n.gpus > 0}
+        for t in cluster.gpu_types:
+            if t.name not in used_types:
+                continue
+            table = profiles.table(spec.model, t.name)  # ProfileError names the known ones
+            units = []
+            for s in spec.shares:
+                u = s * t.share_units
+                if abs(u - round(u)) > 1e-6:
+                    raise SpecError(f"function {spec.name}: shares: {s:g} is not a multiple of 1/{t.share_units} "
+                                    f"(GPU type {t.name} is shared in {t.share_units} units); use multiples of {1 / t.share_units:g}")
+                for b in spec.batch_sizes:
+                    if not table.covers(b, s):
+                        raise SpecError(f"function {spec.name}: (batch {b}, share {s:g}) is outside profile "
+                                        f"{spec.model}@{t.name} (batches {table.batches[0]}..{table.max_batch}, "
+                                        f"shares {table.min_share:.3g}..1); restrict batch_sizes/shares")
+                units.append(int(round(u)))
+            self.tables[t.name] = table
+            self.share_units[t.name] = tuple(units)
+        self.keep_alive_ns = s_to_ns(spec.keep_alive_s if spec.keep_alive_s is not None else default_keep_alive_s)
+        self.output_bytes = spec.output_bytes_per_item
+        self._lat_ns: dict[tuple[str, int, int, int], int] = {}
+
+    def latency_ns(self, gpu_type: str, batch: int, share_units: int, units_per_gpu: int) -> int:
+        """Profiled execution time of one batch (memoized: the tables never change after deploy)."""
+        key = (gpu_type, batch, share_units, units_per_gpu)
+        v = self._lat_ns.get(key)
+        if v is None:
+            v = self._lat_ns[key] = ms_to_ns(self.tables[gpu_type].latency_ms(batch, share_units / units_per_gpu))
+        return v
+
+
+class StageRt:
+    """One stage of a compiled workflow."""
+
+    __slots__ = ("name", "index", "function", "preds", "succs", "queue")
+
+    def __init__(self, name: str, index: int, function: str) -> None:
+        self.name = name
+        self.index = index
+        self.function = function
+        self.preds: tuple[int, ...] = ()
+        self.succs: tuple[int, ...] = ()
+        self.queue: "AfwQueue | None" = None
+
+
+class WorkflowRt:
+    """A deployed workflow: stages in topological order with predecessor/successor indices."""
+
+    __slots__ = ("name", "spec", "stages", "by_name", "entries", "num_exits", "slo_ns", "tenant", "priority", "graph")
+
+    def __init__(self, spec: WorkflowSpec, functions: dict[str, FunctionRt]) -> None:
+        import networkx as nx
+
+        self.name = spec.name
+        self.spec = spec
+        self.tenant = spec.tenant
+        self.priority = spec.priority
+        self.slo_ns = ms_to_ns(spec.slo_ms)
+        g = spec.graph()
+        self.graph = g
+        order = list(nx.lexicographical_topological_sort(g))
+        by_stage = {s.name: s for s in spec.stages}
+        for i, s in enumerate(spec.stages):
+            if s.function not in functions:
+                raise SpecError(f"workflow {spec.name}: stages[{i}].function: unknown function '{s.function}'; deploy it first "
+                                f"(known: {sorted(functions)})")
+        self.stages: list[StageRt] = [StageRt(n, i, by_stage[n].function) for i, n in enumerate(order)]
+        self.by_name = {s.name: s for s in self.stages}
+        for s in self.stages:
+            s.preds = tuple(self.by_name[p].index for p in g.predecessors(s.name))
+            s.succs = tuple(sorted(self.by_name[c].index for c in g.successors(s.name)))
+        self.entries = tuple(s.index for s in self.stages if not s.preds)
+        self.num_exits = sum(1 for s in self.stages if not s.succs)
+
+
+class Invocation:
+    """One request for a workflow. `on_done(inv)` is called once, when it ends."""
+
+    __slots__ = ("id", "workflow", "tenant", "arrival_ns", "deadline_ns", "waiting", "exits_left", "status", "finish_ns",
+                 "reason", "payload", "outputs", "out_gpu", "stage_ns", "on_done", "priority")
+
+    def __init__(self, inv_id: int, workflow: WorkflowRt, arrival_ns: int, slo_ns: int, payload: Any = None,
+                 on_done: Callable[["Invocation"], None] | None = None) -> None:
+        self.id = inv_id
+        self.workflow = workflow
+        self.tenant = workflow.tenant
+        self.priority = workflow.priority
+        self.arrival_ns = arrival_ns
+        self.deadline_ns = arrival_ns + slo_ns
+        self.waiting = [len(s.preds) for s in workflow.stages]  # predecessors not yet done, per stage
+        self.exits_left = workflow.num_exits
+        self.status = InvocationStatus.PENDING
+        self.finish_ns = -1
+        self.reason = ""
+        self.payload = payload
+        self.outputs: list[Any] | None = None  # per stage, live mode only
+        self.out_gpu: list[Gpu | None] = [None] * len(workflow.stages)
+        self.stage_ns: list[tuple[int, int]] | None = None  # (start, end) per stage, live mode only
+        self.on_done = on_done
+
+    @property
+    def slo_met(self) -> bool:
+        return self.status == InvocationStatus.COMPLETED and self.finish_ns <= self.deadline_ns
+
+
+class Job:
+    """One stage of one invocation, waiting in (or taken from) its AFW queue."""
+
+    __slots__ = ("id", "inv", "stage", "queue", "enq_ns", "attempts", "excluded")
+
+    def __init__(self, job_id: int, inv: Invocation, stage: StageRt, queue: "AfwQueue", enq_ns: int) -> None:
+        self.id = job_id
+        self.inv = inv
+        self.stage = stage
+        self.queue = queue
+        self.enq_ns = enq_ns
+        self.attempts = 0
+        self.excluded: int = 0  # instance id not to retry on (ids start at 1; 0 = none)
+
+    @property
+    def deadline_ns(self) -> int:
+        return self.inv.deadline_ns
+
+
+class AfwQueue:
+    """The application-function-wise queue of one (workflow, stage): FIFO jobs and an arrival-rate EWMA."""
+
+    __slots__ = ("key", "workflow", "stage", "function", "jobs", "rate_per_s", "last_arrival_ns", "arrivals")
+
+    # NOTE: EWMA of the inter-arrival gap with weight 0.2: adapts within a handful of arrivals, which is
+    # what the batch-fill wait estimate needs; the value is only a prediction, never a guarantee.
+    ALPHA = 0.2
+
+    def __init__(self, workflow: WorkflowRt, stage: StageRt) -> None:
+        self.key = (workflow.name, stage.name)
+        self.workflow = workflow
+        self.stage = stage
+        self.function = stage.function
+        self.jobs: deque[Job] = deque()
+        self.rate_per_s = 0.0
+        self.last_arrival_ns = -1
+        self.arrivals = 0
+
+    def note_arrival(self, now_ns: int) -> None:
+        if self.last_arrival_ns >= 0:
+            gap_s = max(now_ns - self.last_arrival_ns, 1) / NS_PER_S
+            inst = 1.0 / gap_s
+            self.rate_per_s = inst if self.arrivals == 1 else (1 - self.ALPHA) * self.rate_per_s + self.ALPHA * inst
+        self.last_arrival_ns = now_ns
+        self.arrivals += 1
+
+
+class Batch:
+    """Jobs sent together to one instance."""
+
+    __slots__ = ("id", "instance", "jobs", "dispatch_ns", "start_ns", "end_ns", "not_before_ns", "exec_ns", "outputs", "error")
+
+    def __init__(self, batch_id: int, instance: "Instance", jobs: list[Job], dispatch_ns: int) -> None:
+        self.id = batch_id
+        self.instance = instance
+        self.jobs = jobs
+        self.dispatch_ns = dispatch_ns
+        self.not_before_ns = dispatch_ns
+        self.start_ns = -1
+        self.end_ns = -1
+        self.exec_ns = 0
+        self.outputs: list[Any] | None = None
+        self.error = ""
+
+
+class Instance:
+    """A function container on one GPU with a fixed share. Memory is reserved for `max_batch` items."""
+
+    __slots__ = ("id", "function", "gpu", "share_units", "max_batch", "memory_mb", "state", "start_ns", "ready_ns",
+                 "idle_since_ns", "backlog", "current", "expiry", "stopping", "batches_run", "cold_start_ns", "info")
+
+    def __init__(self, inst_id: int, function: FunctionRt, gpu: Gpu, share_units: int, max_batch: int, memory_mb: float, now_ns: int) -> None:
+        self.id = inst_id
+        self.function = function
+        self.gpu = gpu
+        self.share_units = share_units
+        self.max_batch = max_batch
+        self.memory_mb = memory_mb
+        self.state = InstanceState.STARTING
+        self.start_ns = now_ns
+        self.ready_ns = -1
+        self.idle_since_ns = -1
+        self.backlog: deque[Batch] = deque()  # batches dispatched while starting or busy
+        self.current: Batch | None = None
+        self.expiry = None
+        self.stopping = False
+        self.batches_run = 0
+        self.cold_start_ns = 0
+        self.info: dict = {}
+
+    @property
+    def share(self) -> float:
+        return self.share_units / self.gpu.share_units
+
+    def __repr__(self) -> str:
+        return f"Instance({self.id} {self.function.name} gpu={self.gpu.id} units={self.share_units} {self.state.name})"
+
+
+def build_gpus(cluster: ClusterSpec) -> list[Gpu]:
+    """The cluster's GPUs, numbered 0.. in node order."""
+    gpus: list[Gpu] = []
+    for ni, node in enumerate(cluster.nodes):
+        t = cluster.gpu_type(node.gpu_type)
+        for _ in range(node.gpus):
+            gpus.append(Gpu(len(gpus), node.name, ni, t.name, t.share_units, t.memory_mb, t.price_per_hour_usd))
+    return gpus

@@ -1,0 +1,80 @@
+"""`ClusterView`: what a policy sees of the cluster and the queues during one call.
+
+NOTE: the view is a read-only facade over the controller's live state, not a deep copy. A policy runs
+once per scheduling pass, tens of thousands of times per simulated second, and copying every GPU,
+instance and queue each time would cost more than the decision. The controller is single-threaded
+and changes nothing while the policy runs, so the facade is a consistent snapshot for the duration of
+the call (the K8s scheduler's `Snapshot` contract). It must not be kept across calls, and the policy
+must not mutate what it reaches through it: `Controller(check_purity=True)` fingerprints the state
+around every call and fails loudly if a policy does (the test suite runs every policy that way).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+from gpufaas.platform.runtime import AfwQueue, FunctionRt, Gpu, Instance, InstanceState, Job, WorkflowRt
+
+
+class ClusterView:
+    """Read-only facade: GPUs, instances, deployed functions/workflows and non-empty AFW queues.
+
+    Who builds it: the `Controller` (one per controller, reused). Who reads it: `Policy.schedule`.
+    """
+
+    __slots__ = ("_ctl",)
+
+    def __init__(self, controller) -> None:
+        self._ctl = controller
+
+    @property
+    def now_ns(self) -> int:
+        return self._ctl.clock.now_ns()
+
+    @property
+    def capacity_epoch(self) -> int:
+        """Changes whenever an instance starts, becomes ready, goes idle or stops."""
+        return self._ctl.capacity_epoch
+
+    @property
+    def gpus(self) -> list[Gpu]:
+        """All GPUs, by id (index = id)."""
+        return self._ctl.gpus
+
+    @property
+    def functions(self) -> Mapping[str, FunctionRt]:
+        return self._ctl.functions
+
+    @property
+    def workflows(self) -> Mapping[str, WorkflowRt]:
+        return self._ctl.workflows
+
+    def ready_queues(self) -> Iterable[AfwQueue]:
+        """Queues that hold at least one job, in the order they last became non-empty."""
+        return self._ctl.ready_queues.values()
+
+    def queue(self, workflow: str, stage: str) -> AfwQueue:
+        return self._ctl.workflows[workflow].by_name[stage].queue
+
+    def instances(self, function: str) -> list[Instance]:
+        """Live instances of `function` (starting, idle or busy), oldest first."""
+        return self._ctl.instances_by_fn.get(function, [])
+
+    def idle_instances(self, function: str) -> list[Instance]:
+        """Idle (warm, not stopping) instances of `function`."""
+        return [i for i in self._ctl.instances_by_fn.get(function, ()) if i.state == InstanceState.IDLE and not i.stopping and not i.backlog]
+
+    def instance(self, instance_id: int) -> Instance:
+        return self._ctl.instances[instance_id]
+
+    def transfer_ns(self, job: Job, gpu: Gpu) -> int:
+        """Time to move `job`'s inputs from where its predecessors ran onto `gpu`."""
+        return self._ctl.transfer_ns(job, gpu)
+
+    def cold_start_ns(self, function: str, gpu: Gpu) -> int:
+        """Profiled cold-start time of `function` on a GPU of `gpu`'s type."""
+        return self._ctl.cold_start_ns(self._ctl.functions[function], gpu)
+
+    def latency_ns(self, function: str, gpu_type: str, batch: int, share_units: int, units_per_gpu: int) -> int:
+        """Profiled execution time of one batch."""
+        return self._ctl.functions[function].latency_ns(gpu_type, batch, share_units, units_per_gpu)
