@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from gpufaas.platform.clock import NS_PER_MS, NS_PER_S
+from gpufaas.platform.units import NS_PER_MS, NS_PER_S
+
+_log = math.log
 
 
 class Histogram:
@@ -20,7 +22,7 @@ class Histogram:
     geometric middle (error <= 1%); values below 1 share bucket 0 (and are reported as 0 when all are 0).
     """
 
-    __slots__ = ("counts", "n", "total", "max", "min", "_log_base")
+    __slots__ = ("counts", "n", "total", "max", "min", "_inv_log_base")
 
     BASE = 1.02
 
@@ -30,11 +32,12 @@ class Histogram:
         self.total = 0.0
         self.max = 0.0
         self.min = math.inf
-        self._log_base = math.log(self.BASE)
+        self._inv_log_base = 1.0 / math.log(self.BASE)
 
     def add(self, v: float) -> None:
-        i = int(math.log(v) / self._log_base) + 1 if v >= 1.0 else 0
-        self.counts[i] = self.counts.get(i, 0) + 1
+        i = int(_log(v) * self._inv_log_base) + 1 if v >= 1.0 else 0
+        counts = self.counts
+        counts[i] = counts.get(i, 0) + 1
         self.n += 1
         self.total += v
         if v > self.max:

@@ -11,23 +11,12 @@ import heapq
 import time
 from typing import Any, Callable, Protocol, runtime_checkable
 
-NS_PER_MS = 1_000_000
-NS_PER_S = 1_000_000_000
+from gpufaas.platform.units import NS_PER_MS, NS_PER_S, ms_to_ns, s_to_ns  # noqa: F401 (re-exported)
 
 
-def ms_to_ns(ms: float) -> int:
-    """Convert milliseconds (float) to integer nanoseconds, rounding to the nearest ns."""
-    return int(round(ms * NS_PER_MS))
-
-
-def s_to_ns(s: float) -> int:
-    """Convert seconds (float) to integer nanoseconds, rounding to the nearest ns."""
-    return int(round(s * NS_PER_S))
-
-
-def perf_ns() -> int:
-    """Monotonic wall time for measuring code duration only (decision time, benchmark speed)."""
-    return time.perf_counter_ns()
+# Monotonic wall time for measuring code duration only (decision time, benchmark speed); an alias, not a
+# wrapper, because the controller reads it twice per scheduling pass.
+perf_ns = time.perf_counter_ns
 
 
 class Handle:
@@ -57,6 +46,10 @@ class Clock(Protocol):
         """Run `callback(*args)` at `when_ns` (or at once if that is in the past)."""
         ...
 
+    def call_soon(self, callback: Callable[[], Any]) -> None:
+        """Run `callback()` once the callbacks due now have run (end of the current instant)."""
+        ...
+
 
 class VirtualClock:
     """Discrete-event simulated time: a heap of callbacks ordered by (time_ns, seq).
@@ -66,13 +59,19 @@ class VirtualClock:
     SimPy `_eid` idea), which makes a run deterministic for a given seed.
     """
 
-    __slots__ = ("_now_ns", "_heap", "_seq", "events_run")
+    __slots__ = ("_now_ns", "_heap", "_seq", "events_run", "_soon")
 
     def __init__(self, start_ns: int = 0) -> None:
         self._now_ns = start_ns
         self._heap: list[tuple[int, int, Handle | None, Callable[..., Any], tuple]] = []
         self._seq = 0
         self.events_run = 0
+        self._soon: list[Callable[[], Any]] = []
+
+    def call_soon(self, callback: Callable[[], Any]) -> None:
+        """Run `callback()` at the end of the current instant: after every callback already scheduled
+        for `now_ns`, before time advances (the controller's scheduling pass uses it to coalesce)."""
+        self._soon.append(callback)
 
     def now_ns(self) -> int:
         return self._now_ns
@@ -95,9 +94,16 @@ class VirtualClock:
     def run(self, until_ns: int | None = None) -> None:
         """Run callbacks in time order until none are left, or the next one is after `until_ns`."""
         heap = self._heap
+        soon = self._soon
         pop = heapq.heappop
         n = 0
-        while heap:
+        while heap or soon:
+            if soon and (not heap or heap[0][0] > self._now_ns):
+                batch = soon[:]
+                soon.clear()
+                for cb in batch:
+                    cb()
+                continue
             if until_ns is not None and heap[0][0] > until_ns:
                 self._now_ns = until_ns
                 break
@@ -131,6 +137,10 @@ class LoopClock:
 
     def call_at_fast(self, when_ns: int, callback: Callable[..., Any], *args: Any) -> None:
         self._loop.call_at(when_ns / NS_PER_S, callback, *args)
+
+    def call_soon(self, callback: Callable[[], Any]) -> None:
+        """Run `callback()` on the next loop iteration (after the callbacks already ready)."""
+        self._loop.call_soon(callback)
 
     async def sleep_until(self, when_ns: int) -> None:
         """Suspend the calling coroutine until `when_ns`."""

@@ -52,6 +52,9 @@ class Controller:
         self.workflows: dict[str, WorkflowRt] = {}
         self.instances: dict[int, Instance] = {}
         self.instances_by_fn: dict[str, list[Instance]] = {}
+        # idle, warm, not stopping, empty backlog: ready for a batch now (insertion order = idle since)
+        self.idle_by_fn: dict[str, dict[int, Instance]] = {}
+        self.starting_by_fn: dict[str, int] = {}
         self.ready_queues: dict[tuple[str, str], AfwQueue] = {}
         self.jobs: dict[int, Job] = {}
         self.inflight: dict[int, Invocation] = {}
@@ -81,6 +84,8 @@ class Controller:
                 self._stop(inst)
         self.functions[spec.name] = fn
         self.instances_by_fn.setdefault(spec.name, [])
+        self.idle_by_fn.setdefault(spec.name, {})
+        self.starting_by_fn.setdefault(spec.name, 0)
         return fn
 
     def deploy_workflow(self, spec: WorkflowSpec, *, replace: bool = False) -> WorkflowRt:
@@ -114,6 +119,8 @@ class Controller:
             self._stop(inst)
         del self.functions[name]
         self.instances_by_fn.pop(name, None)
+        self.idle_by_fn.pop(name, None)
+        self.starting_by_fn.pop(name, None)
 
     # ------------------------------------------------------------------ invocations
 
@@ -209,7 +216,7 @@ class Controller:
     def _request_pass(self) -> None:
         if not self._pass_scheduled:
             self._pass_scheduled = True
-            self.clock.call_at_fast(self.clock.now_ns(), self._pass)
+            self.clock.call_soon(self._pass)
 
     def _pass(self) -> None:
         self._pass_scheduled = False
@@ -329,6 +336,7 @@ class Controller:
         gpu.instance_ids.add(inst.id)
         self.instances[inst.id] = inst
         self.instances_by_fn[fn.name].append(inst)
+        self.starting_by_fn[fn.name] += 1
         self.acct.cold_starts += 1
         self.capacity_epoch += 1
         if jobs:
@@ -378,6 +386,8 @@ class Controller:
             inst.backlog.append(batch)
 
     def _run(self, inst: Instance, batch: Batch) -> None:
+        if inst.state == InstanceState.IDLE:
+            self.idle_by_fn[inst.function.name].pop(inst.id, None)
         inst.state = InstanceState.BUSY
         inst.current = batch
         now = self.clock.now_ns()
@@ -423,7 +433,8 @@ class Controller:
         inst.cold_start_ns = now - inst.start_ns
         if info:
             inst.info = info
-        inst.state = InstanceState.IDLE
+        self.starting_by_fn[inst.function.name] -= 1
+        inst.state = InstanceState.BUSY  # _next_or_idle decides: run the backlog, stop, or go idle
         self.capacity_epoch += 1
         self._next_or_idle(inst)
 
@@ -508,22 +519,36 @@ class Controller:
             return
         now = self.clock.now_ns()
         inst.idle_since_ns = now
-        # NOTE: lazy keep-alive: a stale expiry event (the instance worked since) finds idle_since changed
-        # and does nothing, so no timer is cancelled on the hot path; the heap holds at most one event per
-        # idle period within the last keep-alive window.
-        self.clock.call_at_fast(now + inst.function.keep_alive_ns, self._expire, inst, now)
+        self.idle_by_fn[inst.function.name][inst.id] = inst
+        # NOTE: at most one keep-alive timer per instance: armed when it goes idle with none armed, and when
+        # it fires on an instance that worked since, re-armed for idle_since + keep-alive (see _expire). No
+        # timer is set or cancelled per batch on the hot path.
+        if inst.expiry is None:
+            inst.expiry = True
+            self.clock.call_at_fast(now + inst.function.keep_alive_ns, self._expire, inst)
         if self.ready_queues:
             self._request_pass()
 
-    def _expire(self, inst: Instance, idle_since_ns: int) -> None:
-        if inst.state == InstanceState.IDLE and inst.idle_since_ns == idle_since_ns and not inst.backlog:
+    def _expire(self, inst: Instance) -> None:
+        inst.expiry = None
+        if inst.state == InstanceState.STOPPED:
+            return
+        now = self.clock.now_ns()
+        if inst.state != InstanceState.IDLE or inst.backlog:
+            return  # busy: _next_or_idle arms the timer again when the instance next goes idle
+        due = inst.idle_since_ns + inst.function.keep_alive_ns
+        if now >= due:
             self._stop(inst)
+            return
+        inst.expiry = True
+        self.clock.call_at_fast(due, self._expire, inst)
 
     def _stop(self, inst: Instance) -> None:
         if inst.state == InstanceState.STOPPED:
             return
         if inst.state == InstanceState.BUSY or inst.backlog:
             inst.stopping = True
+            self.idle_by_fn[inst.function.name].pop(inst.id, None)
             return
         self._release(inst)
         if self.on_instance_event:
@@ -531,6 +556,9 @@ class Controller:
 
     def _release(self, inst: Instance) -> None:
         now = self.clock.now_ns()
+        if inst.state == InstanceState.STARTING:
+            self.starting_by_fn[inst.function.name] -= 1
+        self.idle_by_fn[inst.function.name].pop(inst.id, None)
         inst.state = InstanceState.STOPPED
         self.capacity_epoch += 1
         gpu = inst.gpu
@@ -573,3 +601,9 @@ class Controller:
             assert mem <= g.memory_mb + 1e-6, f"GPU {g.id} over-committed in memory: {mem}/{g.memory_mb}"
             assert g.free_units == g.share_units - units, f"GPU {g.id} share accounting drifted"
             assert abs(g.free_mb - (g.memory_mb - mem)) < 1e-6, f"GPU {g.id} memory accounting drifted"
+        for fname, idle in self.idle_by_fn.items():
+            expect = {i.id for i in self.instances_by_fn[fname]
+                      if i.state == InstanceState.IDLE and not i.stopping and not i.backlog}
+            assert set(idle) == expect, f"idle set of {fname} drifted: {sorted(idle)} vs {sorted(expect)}"
+            starting = sum(1 for i in self.instances_by_fn[fname] if i.state == InstanceState.STARTING)
+            assert self.starting_by_fn[fname] == starting, f"starting count of {fname} drifted"

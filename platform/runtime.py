@@ -12,7 +12,7 @@ from collections import deque
 from enum import IntEnum
 from typing import Any, Callable
 
-from gpufaas.platform.clock import NS_PER_S, ms_to_ns, s_to_ns
+from gpufaas.platform.units import NS_PER_S, ms_to_ns, s_to_ns
 from gpufaas.platform.errors import SpecError
 from gpufaas.platform.profiles import LatencyTable, Profiles
 from gpufaas.platform.specs import ClusterSpec, FunctionSpec, WorkflowSpec

@@ -60,9 +60,14 @@ class ClusterView:
         """Live instances of `function` (starting, idle or busy), oldest first."""
         return self._ctl.instances_by_fn.get(function, [])
 
-    def idle_instances(self, function: str) -> list[Instance]:
-        """Idle (warm, not stopping) instances of `function`."""
-        return [i for i in self._ctl.instances_by_fn.get(function, ()) if i.state == InstanceState.IDLE and not i.stopping and not i.backlog]
+    def idle_instances(self, function: str) -> Iterable[Instance]:
+        """Idle (warm, not stopping, nothing queued on them) instances of `function`, longest idle first.
+        A live view maintained by the controller: iterate it, do not keep it."""
+        return self._ctl.idle_by_fn.get(function, {}).values()
+
+    def starting_count(self, function: str) -> int:
+        """How many instances of `function` are cold-starting now."""
+        return self._ctl.starting_by_fn.get(function, 0)
 
     def instance(self, instance_id: int) -> Instance:
         return self._ctl.instances[instance_id]

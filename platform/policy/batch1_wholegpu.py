@@ -35,8 +35,11 @@ class Batch1WholeGpu:
         backlog: dict[str, int] = {}
         for q in view.ready_queues():
             fname = q.function
-            idle = [i for i in view.instances(fname)
-                    if i.state == InstanceState.IDLE and not i.backlog and not i.stopping and i.id not in used]
+            idle_view = view.idle_instances(fname)
+            if not idle_view:
+                backlog[fname] = backlog.get(fname, 0) + len(q.jobs)
+                continue
+            idle = [i for i in idle_view if i.id not in used]
             k = 0
             for job in q.jobs:
                 if k >= len(idle):
@@ -120,7 +123,7 @@ def _desired(view: ClusterView) -> dict[str, int]:
 
 
 def _starting(view: ClusterView, function: str) -> int:
-    return sum(1 for i in view.instances(function) if i.state == InstanceState.STARTING)
+    return view.starting_count(function)
 
 
 def _eviction_candidates(view: ClusterView, want: dict[str, int]) -> list:

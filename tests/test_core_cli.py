@@ -1,0 +1,72 @@
+"""`gpufaas sim` end to end through the console script: JSON shape, and bad input as one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, SCENARIOS
+
+GPUFAAS = [str(Path(sys.executable).parent / "gpufaas")]
+
+
+def run(*args, cwd=ROOT):
+    return subprocess.run(GPUFAAS + list(args), cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_sim_json_shape(tmp_path):
+    sc = tmp_path / "chain.yaml"
+    text = (SCENARIOS / "chain.yaml").read_text().replace("duration_s: 120", "duration_s: 5")
+    text = text.replace("clusters/", str(SCENARIOS / "clusters") + "/").replace("../../functions", str(ROOT / "functions"))
+    sc.write_text(text)
+    p = run("sim", "--scenario", str(sc), "--policy", "batch1-wholegpu", "--json")
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    r = doc["results"][0]
+    for k in ("policy", "invocations", "slo_hit_rate", "cost", "latency_ms", "cold_starts", "decision_us", "sim_wall_s"):
+        assert k in r
+    assert set(r["cost"]) >= {"allocated_usd", "busy_usd", "gpu_seconds_allocated", "gpu_seconds_busy"}
+    assert set(r["latency_ms"]) == {"p50", "p95", "p99"} and set(r["decision_us"]) == {"p50", "p99"}
+
+
+def bad_scenario(tmp_path: Path, edit) -> Path:
+    text = (SCENARIOS / "chain.yaml").read_text()
+    text = text.replace("clusters/", str(SCENARIOS / "clusters") + "/").replace("../../functions", str(ROOT / "functions"))
+    p = tmp_path / "s.yaml"
+    p.write_text(edit(text))
+    return p
+
+
+@pytest.mark.parametrize("edit, expect", [
+    (lambda t: t + "\nbogus: [1, 2\n", "YAML syntax error at line"),
+    (lambda t: t.replace("duration_s: 120", "duration_s: -1"), "duration_s: Input should be greater than 0"),
+    (lambda t: t.replace("workflow: image-classify,", "workflow: nope,"), "unknown workflow 'nope'"),
+    (lambda t: t.replace("rate_rps: 200", "rate_rps: 0"), "rate_rps: Input should be greater than 0"),
+])
+def test_bad_scenarios_one_line_exit_2(tmp_path, edit, expect):
+    p = run("sim", "--scenario", str(bad_scenario(tmp_path, edit)), "--policy", "batch1-wholegpu")
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and expect in lines[0] and "Traceback" not in p.stderr, p.stderr
+
+
+def test_missing_file_and_unknown_policy(tmp_path):
+    p = run("sim", "--scenario", str(tmp_path / "none.yaml"), "--policy", "batch1-wholegpu")
+    assert p.returncode == 2 and "file not found" in p.stderr
+    p = run("sim", "--scenario", str(SCENARIOS / "chain.yaml"), "--policy", "nope")
+    assert p.returncode == 2 and "unknown policy 'nope'" in p.stderr and "batch1-wholegpu" in p.stderr
+
+
+def test_workflow_with_cycle_and_unknown_function(tmp_path):
+    wf = tmp_path / "wf.yaml"
+    wf.write_text("name: loop\nslo_ms: 10\nstages:\n  - {name: a, function: preprocess, after: [b]}\n  - {name: b, function: preprocess, after: [a]}\n")
+    p = run("sim", "--scenario", str(bad_scenario(tmp_path, lambda t: t.replace(str(ROOT / "functions") + "/workflows/image-classify.yaml", str(wf)))),
+            "--policy", "batch1-wholegpu")
+    assert p.returncode == 2 and "cycle" in p.stderr, p.stderr
+    p = run("sim", "--scenario", str(bad_scenario(tmp_path, lambda t: t.replace(str(ROOT / "functions") + "/resnet50", str(ROOT / "functions") + "/vit-b16"))),
+            "--policy", "batch1-wholegpu")
+    assert p.returncode == 2 and "unknown function 'resnet50'" in p.stderr, p.stderr

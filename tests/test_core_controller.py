@@ -1,0 +1,161 @@
+"""Controller step tests on the fake backend, the clock, the registry and the DAG execution."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpufaas.platform.clock import VirtualClock
+from gpufaas.platform.decisions import Decisions, Dispatch, Start
+from gpufaas.platform.policy.batch1_wholegpu import Batch1WholeGpu
+from gpufaas.platform.policy.registry import Registry, builtin_registry
+from gpufaas.platform.runtime import InstanceState, InvocationStatus
+from gpufaas.platform.errors import UserError
+from tests.helpers import chain, controller, function
+
+
+class Scripted:
+    """A test policy that returns prepared decisions, one list per call."""
+
+    name = "scripted"
+
+    def __init__(self, script=None):
+        self.script = list(script or [])
+        self.calls = 0
+
+    def initial_state(self, view):
+        return 0
+
+    def schedule(self, view, now_ns, state):
+        self.calls += 1
+        make = self.script.pop(0) if self.script else (lambda v: Decisions())
+        return make(view), state + 1
+
+
+def test_virtual_clock_orders_by_time_then_fifo():
+    c = VirtualClock()
+    out = []
+    c.call_at(20, out.append, "b")
+    c.call_at(10, out.append, "a")
+    c.call_at(20, out.append, "c")
+    h = c.call_at(15, out.append, "x")
+    h.cancel()
+    c.run()
+    assert out == ["a", "b", "c"] and c.now_ns() == 20
+
+
+def test_registry_refuses_duplicates_and_lists_names():
+    r = Registry()
+    r.register("p", Batch1WholeGpu)
+    with pytest.raises(ValueError, match="already registered"):
+        r.register("p", Batch1WholeGpu)
+    with pytest.raises(UserError, match=r"unknown policy 'nope'; registered policies: .*batch1-wholegpu"):
+        builtin_registry().make("nope")
+    assert builtin_registry().make("tests.test_core_controller:Scripted").name == "scripted"
+
+
+def test_fan_out_fan_in_runs_each_stage_once():
+    diamond = {"name": "d", "slo_ms": 500, "stages": [
+        {"name": "a", "function": "f"}, {"name": "b", "function": "f", "after": ["a"]},
+        {"name": "c", "function": "g", "after": ["a"]}, {"name": "e", "function": "f", "after": ["b", "c"]}]}
+    from gpufaas.platform.specs import WorkflowSpec
+    ctl, clock, _ = controller(Batch1WholeGpu(), gpus=2, functions=[function("f"), function("g", "mobilenet_v2")],
+                               workflows=[WorkflowSpec.model_validate(diamond)])
+    done = []
+    inv = ctl.submit("d", on_done=done.append)
+    clock.run()
+    assert done == [inv] and inv.status == InvocationStatus.COMPLETED
+    assert ctl.acct.batched_jobs == 4  # a, b, c, e: the fan-in stage ran once, after both branches
+    ctl.check_invariants()
+
+
+def test_apply_refuses_over_commit_and_counts_it():
+    pol = Scripted([lambda v: Decisions((Start("f", 0, 10, 1), Start("f", 0, 10, 1)))])
+    ctl, clock, fake = controller(pol, gpus=1, fake=True, functions=[function("f")], workflows=[chain("w", ["f"])])
+    ctl.submit("w")
+    clock.run()
+    assert len(fake.started) == 1
+    assert ctl.acct.refusal_reasons == {"over-commit": 1}
+    ctl.check_invariants()
+
+
+def test_retry_once_then_fail_with_reason():
+    ctl, clock, fake = controller(Batch1WholeGpu(), gpus=2, fake=True, functions=[function("f")], workflows=[chain("w", ["f"])])
+    done = []
+    inv = ctl.submit("w", on_done=done.append)
+    clock.run()
+    first = fake.started[0]
+    fake.ready(first)
+    clock.run()
+    fake.fail_batch(fake.submitted[-1], "CUDA error: boom")
+    clock.run()
+    assert ctl.acct.retries == 1 and inv.status == InvocationStatus.PENDING
+    # the retry must not go back to the instance it failed on: a second one starts
+    assert len(fake.started) == 2
+    fake.ready(fake.started[1])
+    clock.run()
+    assert fake.submitted[-1].instance is fake.started[1]
+    fake.crash(fake.started[1], "worker exited with signal 9")
+    clock.run()
+    assert done == [inv] and inv.status == InvocationStatus.FAILED
+    assert "failed after 2 attempt(s): worker exited with signal 9" in inv.reason
+    ctl.check_invariants()
+
+
+def test_keep_alive_expiry_stops_idle_instance():
+    ctl, clock, _ = controller(Batch1WholeGpu(), gpus=1, functions=[function("f", keep_alive_s=5)], workflows=[chain("w", ["f"])])
+    ctl.submit("w")
+    clock.run(until_ns=4_000_000_000)
+    assert len(ctl.instances) == 1 and next(iter(ctl.instances.values())).state == InstanceState.IDLE
+    clock.run()
+    assert not ctl.instances
+    assert ctl.gpus[0].free_units == 10
+    # allocated time covers cold start + work + keep-alive, ~ (3.15 s + 5 s) x 1 GPU
+    assert 8.0 < ctl.acct.allocated_unit_ns / 1e9 < 8.5
+
+
+def test_transfer_time_same_gpu_node_and_network():
+    ctl, clock, _ = controller(Batch1WholeGpu(), gpus=2, nodes=2, functions=[function("f")], workflows=[chain("w", ["f", "f"])])
+    inv = ctl.submit("w")
+    job = ctl.workflows["w"].stages[1]
+    from gpufaas.platform.runtime import Job
+    j = Job(999, inv, job, job.queue, 0)
+    g0, g1, g2 = ctl.gpus[0], ctl.gpus[1], ctl.gpus[2]
+    inv.out_gpu[0] = g0
+    nbytes = 4000  # 1000 float32 outputs
+    assert ctl.transfer_ns(j, g0) == 0
+    assert ctl.transfer_ns(j, g1) == int(nbytes * 8 / 100)  # host: 100 Gbit/s
+    assert ctl.transfer_ns(j, g2) == 50_000 + int(nbytes * 8 / 25)  # network: 50 us + 25 Gbit/s
+
+
+def test_purity_check_catches_a_mutating_policy():
+    from gpufaas.platform.controller import PolicyPurityError
+
+    class Mutating(Scripted):
+        def schedule(self, view, now_ns, state):
+            view.gpus[0].free_units -= 1
+            return Decisions(), state
+
+    ctl, clock, _ = controller(Mutating(), gpus=1, functions=[function("f")], workflows=[chain("w", ["f"])])
+    ctl.submit("w")
+    with pytest.raises(PolicyPurityError):
+        clock.run()
+
+
+def test_dispatch_refused_for_wrong_function_and_oversized_batch():
+    def start(v):
+        q = next(iter(v.ready_queues()))
+        return Decisions((Start("f", 0, 10, 1, (q.jobs[0].id,)),))
+
+    def bad(v):
+        inst = v.instances("f")[0]
+        q = next(iter(v.ready_queues()))
+        return Decisions((Dispatch(tuple(j.id for j in q.jobs), inst.id),))
+
+    ctl, clock, fake = controller(Scripted([start, bad]), gpus=1, fake=True, functions=[function("f")], workflows=[chain("w", ["f"])])
+    ctl.submit("w")
+    clock.run()
+    ctl.submit("w")
+    ctl.submit("w")
+    clock.run()
+    assert ctl.acct.refusal_reasons == {"dispatch": 1}
+    assert sum(len(q.jobs) for q in ctl.ready_queues.values()) == 2  # nothing was half-applied
