@@ -63,6 +63,11 @@ class Controller:
         self._ids = itertools.count(1)
         self._pass_scheduled = False
         self._wake: Handle | None = None
+        self._wake_at_ns: int | None = None
+        # NOTE: a backend that sets `takes_not_before = True` (the sim backend) starts a batch at
+        # batch.not_before_ns itself, which saves the simulator one event per batch whose inputs are in
+        # transfer; live backends get the batch when its inputs have arrived.
+        self._backend_waits = bool(getattr(backend, "takes_not_before", False))
         # bumped whenever an instance starts, becomes ready, goes idle or stops: a policy can skip work
         # that depends only on capacity while the epoch is unchanged
         self.capacity_epoch = 0
@@ -252,17 +257,22 @@ class Controller:
             else:
                 self.acct.refuse(f"unknown action: {a!r}")
         wake = decisions.wake_at_ns
+        if wake == self._wake_at_ns:
+            return  # the timer asked for is already set
         if self._wake is not None:
             self._wake.cancel()
             self._wake = None
+            self._wake_at_ns = None
         if wake is not None:
             if wake <= self.clock.now_ns():
                 self.acct.refuse("wake: wake_at_ns is not in the future")
             else:
                 self._wake = self.clock.call_at(wake, self._on_wake)
+                self._wake_at_ns = wake
 
     def _on_wake(self) -> None:
         self._wake = None
+        self._wake_at_ns = None
         self._request_pass()
 
     def _take_jobs(self, job_ids: tuple[int, ...], fn: FunctionRt, inst_id: int, max_batch: int) -> list[Job] | None:
@@ -391,7 +401,7 @@ class Controller:
         inst.state = InstanceState.BUSY
         inst.current = batch
         now = self.clock.now_ns()
-        if batch.not_before_ns > now:
+        if batch.not_before_ns > now and not self._backend_waits:
             self.clock.call_at_fast(batch.not_before_ns, self._submit, inst, batch)
         else:
             self._submit(inst, batch)
@@ -399,7 +409,8 @@ class Controller:
     def _submit(self, inst: Instance, batch: Batch) -> None:
         if inst.current is not batch:
             return  # the instance failed while the inputs were in transfer
-        batch.start_ns = self.clock.now_ns()
+        now = self.clock.now_ns()
+        batch.start_ns = batch.not_before_ns if batch.not_before_ns > now else now
         if self.live:
             self._fill_inputs(batch)
         self.backend.submit(inst, batch)

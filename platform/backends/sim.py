@@ -15,6 +15,7 @@ class SimBackend:
     """Profile-timed instances on a `VirtualClock` (or any clock with `call_at_fast`)."""
 
     name = "sim"
+    takes_not_before = True  # a batch starts at batch.not_before_ns (inputs in transfer until then)
 
     def __init__(self, clock: Any) -> None:
         self.clock = clock
@@ -30,7 +31,7 @@ class SimBackend:
     def submit(self, inst: Instance, batch: Batch) -> None:
         gpu = inst.gpu
         t = inst.function.latency_ns(gpu.type_name, len(batch.jobs), inst.share_units, gpu.share_units)
-        self.clock.call_at_fast(self.clock.now_ns() + t, self.ctl.on_batch_done, inst, batch)
+        self.clock.call_at_fast(batch.start_ns + t, self.ctl.on_batch_done, inst, batch)
 
     def stop(self, inst: Instance) -> None:
         pass

@@ -51,16 +51,19 @@ class Batch1WholeGpu:
                 used.add(inst.id)
                 actions.append(Dispatch((job.id,), inst.id))
             backlog[fname] = backlog.get(fname, 0) + len(q.jobs) - k
+        reserved_in, next_scale_ns = state
+        # NOTE: scale-out runs on an autoscaler tick (Knative evaluates every 2 s; we use 100 ms), or at
+        # once for a function with no instance at all; between ticks a pass only dispatches to warm ones
+        # (the common case, kept to the loop above).
+        if now_ns < next_scale_ns and all(w <= 0 or view.instances(f) for f, w in backlog.items()):
+            if reserved_in:
+                reserved_in = {g: f for g, f in reserved_in.items() if backlog.get(f, 0) > 0 and not view.instances(f)}
+            return Decisions(tuple(actions), wake_at_ns=next_scale_ns), (reserved_in, next_scale_ns)
         # a reservation lives while its function still has a backlog and no instance
-        reserved = {g: f for g, f in state[0].items() if backlog.get(f, 0) > 0 and not view.instances(f)}
+        reserved = {g: f for g, f in reserved_in.items() if backlog.get(f, 0) > 0 and not view.instances(f)}
         short = [f for f, w in backlog.items() if w > 0 and w > _starting(view, f)]
         if not short:
-            return Decisions(tuple(actions)), (reserved, state[1])
-        # NOTE: scale-out runs on an autoscaler tick (Knative evaluates every 2 s; we use 100 ms), or at
-        # once for a function with no instance at all; between ticks a pass only dispatches to warm ones.
-        next_scale_ns = state[1]
-        if now_ns < next_scale_ns and all(view.instances(f) for f in short):
-            return Decisions(tuple(actions), wake_at_ns=next_scale_ns), (reserved, next_scale_ns)
+            return Decisions(tuple(actions)), (reserved, next_scale_ns)
         free_gpus = [g for g in view.gpus if g.free_units == g.share_units]
         want = _desired(view)
         victims: list | None = None  # idle instances that could be evicted, longest idle first
