@@ -201,10 +201,11 @@ class Job:
 class AfwQueue:
     """The application-function-wise queue of one (workflow, stage): FIFO jobs and an arrival-rate EWMA."""
 
-    __slots__ = ("key", "workflow", "stage", "function", "jobs", "rate_per_s", "last_arrival_ns", "arrivals")
+    __slots__ = ("key", "workflow", "stage", "function", "jobs", "rate_per_s", "gap_ewma_s", "last_arrival_ns", "arrivals")
 
-    # NOTE: EWMA of the inter-arrival gap with weight 0.2: adapts within a handful of arrivals, which is
-    # what the batch-fill wait estimate needs; the value is only a prediction, never a guarantee.
+    # NOTE: the rate is 1 / EWMA(inter-arrival gap), weight 0.2: it adapts within a handful of arrivals,
+    # which is what the batch-fill wait estimate and autoscalers need. Averaging 1/gap instead would be
+    # badly biased upwards for bursty traffic (for gamma gaps with cv >= 2, E[1/gap] does not even exist).
     ALPHA = 0.2
 
     def __init__(self, workflow: WorkflowRt, stage: StageRt) -> None:
@@ -214,14 +215,16 @@ class AfwQueue:
         self.function = stage.function
         self.jobs: deque[Job] = deque()
         self.rate_per_s = 0.0
+        self.gap_ewma_s = 0.0
         self.last_arrival_ns = -1
         self.arrivals = 0
 
     def note_arrival(self, now_ns: int) -> None:
+        """Called by the controller when a job joins the queue: updates the arrival-rate estimate."""
         if self.last_arrival_ns >= 0:
             gap_s = max(now_ns - self.last_arrival_ns, 1) / NS_PER_S
-            inst = 1.0 / gap_s
-            self.rate_per_s = inst if self.arrivals == 1 else (1 - self.ALPHA) * self.rate_per_s + self.ALPHA * inst
+            self.gap_ewma_s = gap_s if self.arrivals == 1 else (1 - self.ALPHA) * self.gap_ewma_s + self.ALPHA * gap_s
+            self.rate_per_s = 1.0 / self.gap_ewma_s
         self.last_arrival_ns = now_ns
         self.arrivals += 1
 

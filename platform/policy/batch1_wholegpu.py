@@ -82,9 +82,14 @@ class Batch1WholeGpu:
                     free_gpus.remove(gpu)
                     reserved.pop(gpu.id, None)
                 else:
+                    starving = not live and not starting
                     if victims is None:
                         victims = _eviction_candidates(view, want)
+                    # NOTE: a function without any instance may evict any idle instance, even the last one of
+                    # its function: whole-GPU instances must time-share the cluster by eviction, else six
+                    # functions on four GPUs deadlock.
                     victim = next((v for v in victims if v.id not in used and v.function.name != fname
+                                   and (starving or v.excess)
                                    and v.gpu.share_units in fn.share_units.get(v.gpu.type_name, ())), None)
                     if victim is not None:
                         used.add(victim.id)
@@ -92,7 +97,7 @@ class Batch1WholeGpu:
                         gpu = victim.gpu
                     else:
                         if not live and not starting and fname not in reserved.values():
-                            drain = _drain_victim(view, fname, used)
+                            drain = _drain_victim(view, fname, used, backlog)
                             if drain is not None:
                                 used.add(drain.id)
                                 actions.append(Stop(drain.id))  # frees its GPU after the current batch
@@ -130,31 +135,45 @@ def _starting(view: ClusterView, function: str) -> int:
 
 
 def _eviction_candidates(view: ClusterView, want: dict[str, int]) -> list:
-    """Idle warm instances alone on a whole GPU whose function has more instances than it wants,
-    longest idle first."""
+    """Idle warm instances alone on a whole GPU, longest idle first, each marked `excess` when its
+    function has more instances than it wants."""
     out = []
     for g in view.gpus:
         if len(g.instance_ids) != 1:
             continue
         inst = view.instance(next(iter(g.instance_ids)))
-        if (inst.state == InstanceState.IDLE and not inst.backlog and not inst.stopping
-                and inst.share_units == g.share_units
-                and len(view.instances(inst.function.name)) > want.get(inst.function.name, 1)):
-            out.append(inst)
-    out.sort(key=lambda i: i.idle_since_ns)
+        if inst.state == InstanceState.IDLE and not inst.backlog and not inst.stopping and inst.share_units == g.share_units:
+            out.append(_Candidate(inst, len(view.instances(inst.function.name)) > want.get(inst.function.name, 1)))
+    out.sort(key=lambda c: c.idle_since_ns)
     return out
 
 
-def _drain_victim(view: ClusterView, function: str, exclude: set[int]):
-    """A busy instance of the function that holds the most running instances (at least 2), or None."""
+class _Candidate:
+    """An eviction candidate: the instance's fields plus whether it is in excess of its function's need."""
+
+    __slots__ = ("inst", "excess")
+
+    def __init__(self, inst, excess: bool) -> None:
+        self.inst = inst
+        self.excess = excess
+
+    def __getattr__(self, name):
+        return getattr(self.inst, name)
+
+
+def _drain_victim(view: ClusterView, function: str, exclude: set[int], backlog: dict[str, int]):
+    """A busy instance to drain for a function that has none: from the function with no backlog if any,
+    else from the one with the most instances. None if there is no busy instance to take."""
     best = None
-    best_n = 1
+    best_key = None
     for fname in view.functions:
         if fname == function:
             continue
         busy = [i for i in view.instances(fname) if i.state == InstanceState.BUSY and not i.stopping and i.id not in exclude]
-        n = sum(1 for i in view.instances(fname) if i.state != InstanceState.STARTING)
-        if busy and n > best_n:
-            best_n = n
+        if not busy:
+            continue
+        key = (backlog.get(fname, 0) <= 0, len(view.instances(fname)))
+        if best_key is None or key > best_key:
+            best_key = key
             best = busy[-1]
     return best
