@@ -50,6 +50,8 @@ class Histogram:
         if self.n == 0:
             return 0.0
         rank = max(1, math.ceil(q * self.n))
+        if rank >= self.n:
+            return self.max
         seen = 0
         for i in sorted(self.counts):
             seen += self.counts[i]

@@ -159,3 +159,19 @@ def test_dispatch_refused_for_wrong_function_and_oversized_batch():
     clock.run()
     assert ctl.acct.refusal_reasons == {"dispatch": 1}
     assert sum(len(q.jobs) for q in ctl.ready_queues.values()) == 2  # nothing was half-applied
+
+
+def test_histogram_quantiles_within_stated_error():
+    import random
+
+    from gpufaas.platform.accounting import Histogram
+    rng = random.Random(3)
+    vals = [rng.lognormvariate(3, 1.2) for _ in range(20000)]
+    h = Histogram()
+    for v in vals:
+        h.add(v)
+    vals.sort()
+    for q in (0.5, 0.95, 0.99):
+        exact = vals[int(q * len(vals)) - 1]
+        assert abs(h.quantile(q) - exact) / exact < 0.02, (q, h.quantile(q), exact)
+    assert h.quantile(1.0) == max(vals) and h.n == 20000
