@@ -70,3 +70,19 @@ def test_workflow_with_cycle_and_unknown_function(tmp_path):
     p = run("sim", "--scenario", str(bad_scenario(tmp_path, lambda t: t.replace(str(ROOT / "functions") + "/resnet50", str(ROOT / "functions") + "/vit-b16"))),
             "--policy", "batch1-wholegpu")
     assert p.returncode == 2 and "unknown function 'resnet50'" in p.stderr, p.stderr
+
+
+def test_bench_sim_json_shape():
+    p = run("bench", "sim", "--duration", "2", "--json")
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["invocations"] > 0 and doc["invocations_per_s"] > 0 and doc["peak_rss_mb"] > 0
+
+
+def test_every_shipped_scenario_loads():
+    from gpufaas.loadgen.scenario import load_scenario
+    names = sorted(p.name for p in SCENARIOS.glob("*.yaml"))
+    assert {"chain.yaml", "video.yaml", "mixed.yaml"} <= set(names)
+    for n in names:
+        sc = load_scenario(SCENARIOS / n)
+        assert sc.workload.streams
