@@ -69,4 +69,10 @@ def load_scenario(path: str | Path) -> Scenario:
     for i, s in enumerate(sc.workload.streams):
         if s.workflow not in wnames:
             raise SpecError(f"{path}: workload.streams[{i}].workflow: unknown workflow '{s.workflow}' (known: {', '.join(sorted(wnames))})")
+    for j, tr in enumerate(sc.workload.traces):
+        for w in tr.workflows:
+            if w not in wnames:
+                raise SpecError(f"{path}: workload.traces[{j}].workflows: unknown workflow '{w}' (known: {', '.join(sorted(wnames))})")
+    if sc.workload.traces:  # trace paths resolve against this file's folder; a missing file fails here
+        sc = sc.model_copy(update={"workload": sc.workload.resolved(base, str(path))})
     return sc

@@ -28,7 +28,7 @@ def build_policy(scenario: Scenario, name: str, load: float = 1.0, **overrides: 
     params.update(overrides)
     policy = reg.make(name, **params)
     if hasattr(policy, "tune"):
-        policy.tune(scenario=scenario, rates_rps=scenario.workload.mean_rates_rps(load))
+        policy.tune(scenario=scenario, rates_rps=scenario.workload.mean_rates_rps(load, scenario.duration_s))
     return policy
 
 
@@ -53,9 +53,9 @@ def run_scenario(scenario: Scenario, policy_name: str, *, seed: int | None = Non
     policy = build_policy(scenario, policy_name, load, **(policy_params or {}))
     ctl = build_controller(scenario, policy, clock, check_purity=check_purity)
     seed = scenario.seed if seed is None else seed
-    streams = scenario.workload.streams
-    slos = [s.slo_ms for s in streams]
-    names = [s.workflow for s in streams]
+    targets = scenario.workload.targets()  # streams, then traces' workflows (loadgen.workload.arrivals)
+    slos = [t.slo_ms for t in targets]
+    names = [t.workflow for t in targets]
     it = arrivals(scenario.workload, seed, scenario.duration_s, load)
     submit = ctl.submit
 

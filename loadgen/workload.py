@@ -1,19 +1,25 @@
 """The `Workload`: one description of offered load that drives both `gpufaas sim` and `gpufaas loadgen`.
 
-A workload is a list of streams, each sending invocations of one workflow with an arrival process.
-`arrivals(workload, seed, duration_s)` merges the streams into one time-ordered iterator of
-`(t_ns, workflow)` without materialising it, so memory does not grow with the run's length.
+A workload is a list of streams, each sending invocations of one workflow with an arrival process,
+plus traces (`loadgen.trace.TraceSpec`: Azure 2019 per-minute counts or timestamp CSVs) mapped onto
+workflows. `targets()` numbers what arrivals go to: the streams first, then each trace's workflows.
+`arrivals(workload, seed, duration_s)` merges everything into one time-ordered iterator of
+`(t_ns, target_index)` without materialising it, so memory does not grow with the run's length.
+
+Who calls it: `loadgen.simdriver` (virtual time) and `loadgen.driver` (live HTTP), on the same value.
 """
 
 from __future__ import annotations
 
 import heapq
-from typing import Iterator, Literal
+from pathlib import Path
+from typing import Iterator, Literal, NamedTuple
 
 import numpy as np
 from pydantic import Field, model_validator
 
 from gpufaas.loadgen import arrivals as ap
+from gpufaas.loadgen.trace import TraceSpec
 from gpufaas.platform.clock import NS_PER_S
 from gpufaas.platform.specs import Spec
 
@@ -53,21 +59,65 @@ class StreamSpec(Spec):
         return ap.mmpp_gaps([r * rate / mean for r in rs], self.mmpp_dwell_s, rng)
 
 
+class Target(NamedTuple):
+    """Where one arrival goes: a workflow and an optional per-request SLO override (ms)."""
+
+    workflow: str
+    slo_ms: float | None
+
+
+# NOTE: traces draw from seeds far from the streams' (seed + 31 * (TRACE_SEED_BASE + j)), so adding a
+# stream never changes a trace's arrivals, and the other way round.
+TRACE_SEED_BASE = 10_000
+
+
 class WorkloadSpec(Spec):
-    """Streams of invocations."""
+    """Streams of invocations and replayed traces."""
 
-    streams: list[StreamSpec] = Field(min_length=1, description="the streams")
+    streams: list[StreamSpec] = Field(default_factory=list, description="synthetic streams")
+    traces: list[TraceSpec] = Field(default_factory=list, description="replayed traces, mapped onto workflows")
 
-    def mean_rates_rps(self, load: float = 1.0) -> dict[str, float]:
-        """Offered mean rate per workflow (streams of one workflow add up)."""
+    @model_validator(mode="after")
+    def _nonempty(self) -> "WorkloadSpec":
+        if not self.streams and not self.traces:
+            raise ValueError("streams: give at least one stream (or a trace under traces)")
+        return self
+
+    def targets(self) -> list[Target]:
+        """What `arrivals()` indexes: one per stream, then one per workflow of each trace, in order."""
+        out = [Target(s.workflow, s.slo_ms) for s in self.streams]
+        for tr in self.traces:
+            out.extend(Target(w, tr.slo_ms) for w in tr.workflows)
+        return out
+
+    def workflow_names(self) -> set[str]:
+        """Every workflow this workload invokes."""
+        return {t.workflow for t in self.targets()}
+
+    def mean_rates_rps(self, load: float = 1.0, duration_s: float | None = None) -> dict[str, float]:
+        """Offered mean rate per workflow (streams and traces of one workflow add up); a trace's rate is
+        its mean over the first `duration_s` run seconds (default: all of it)."""
         out: dict[str, float] = {}
         for s in self.streams:
             out[s.workflow] = out.get(s.workflow, 0.0) + s.rate_rps * load
+        for tr in self.traces:
+            for w, r in zip(tr.workflows, tr.mean_rates_rps(load, duration_s)):
+                out[w] = out.get(w, 0.0) + r
         return out
+
+    def resolved(self, base: Path | None, source: str) -> "WorkloadSpec":
+        """A copy with every trace path made absolute and its file validated (one-line SpecError naming
+        `source` and the trace otherwise). Called by the scenario loader and `gpufaas loadgen`."""
+        if not self.traces:
+            return self
+        traces = [tr.resolved(base, f"{source}: workload.traces[{j}]") for j, tr in enumerate(self.traces)]
+        return self.model_copy(update={"traces": traces})
 
 
 def arrivals(workload: WorkloadSpec, seed: int, duration_s: float, load: float = 1.0) -> Iterator[tuple[int, int]]:
-    """Merged, time-ordered `(t_ns, stream_index)` over all streams, up to `duration_s`. Lazy."""
+    """Merged, time-ordered `(t_ns, target_index)` over all streams and traces, up to `duration_s`. Lazy.
+
+    `target_index` indexes `workload.targets()` (for a workload of streams only: the stream's index)."""
     end_all_ns = int(duration_s * NS_PER_S)
     heap: list[tuple[int, int, Iterator[float], int]] = []
     for i, s in enumerate(workload.streams):
@@ -78,6 +128,21 @@ def arrivals(workload: WorkloadSpec, seed: int, duration_s: float, load: float =
         t = start_ns + int(next(gaps) * NS_PER_S)
         if t < end_ns:
             heap.append((t, i, gaps, end_ns))
+    if workload.traces:
+        # NOTE: traces already yield (t_ns, target) in order; the streams' gap heap stays the hot path of
+        # stream-only workloads, and heapq.merge joins the two ordered sequences.
+        sources: list[Iterator[tuple[int, int]]] = [_merge_streams(heap)] if heap else []
+        offset = len(workload.streams)
+        for j, tr in enumerate(workload.traces):
+            rng = np.random.default_rng(ap.stream_seed(seed, TRACE_SEED_BASE + j))
+            sources.append(tr.arrivals(rng, end_all_ns, offset, load))
+            offset += len(tr.workflows)
+        yield from heapq.merge(*sources)
+        return
+    yield from _merge_streams(heap)
+
+
+def _merge_streams(heap: list[tuple[int, int, Iterator[float], int]]) -> Iterator[tuple[int, int]]:
     heapq.heapify(heap)
     while heap:
         t, i, gaps, end_ns = heap[0]

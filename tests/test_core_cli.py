@@ -83,6 +83,9 @@ def test_every_shipped_scenario_loads():
     from gpufaas.loadgen.scenario import load_scenario
     names = sorted(p.name for p in SCENARIOS.glob("*.yaml"))
     assert {"chain.yaml", "video.yaml", "mixed.yaml"} <= set(names)
+    sample = SCENARIOS.parents[2] / "shared" / "data" / "azure_functions_2019_sample"
     for n in names:
+        if n.startswith("azure-") and not sample.is_dir():
+            continue  # they replay the Azure sample, which lives beside the repository, never in it
         sc = load_scenario(SCENARIOS / n)
-        assert sc.workload.streams
+        assert sc.workload.streams or sc.workload.traces  # azure-*.yaml replay traces only
