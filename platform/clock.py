@@ -117,9 +117,9 @@ class VirtualClock:
 
 
 class LoopClock:
-    """Live time from the running asyncio loop (`loop.time()`), in integer nanoseconds.
+    """Live time (`time.monotonic_ns()`), with callbacks scheduled on the running asyncio loop.
 
-    Used by the gateway and live backends. The epoch is the loop's monotonic clock, so values are only
+    Used by the gateway and live backends. The epoch is the monotonic clock, so values are only
     comparable within one process.
     """
 
@@ -128,15 +128,19 @@ class LoopClock:
 
         self._loop = loop or asyncio.get_event_loop()
 
+    # NOTE(gateway): uvloop's loop.time() is libuv's cached uv_now(): millisecond resolution, refreshed once
+    # per loop iteration, so every live latency and stage time came out as whole milliseconds. The clock
+    # reads time.monotonic_ns() instead (the same clock asyncio's default loop.time() uses) and schedules
+    # with call_later relative to it, which works with either loop.
     def now_ns(self) -> int:
-        return int(self._loop.time() * NS_PER_S)
+        return time.monotonic_ns()
 
     def call_at(self, when_ns: int, callback: Callable[..., Any], *args: Any) -> Handle:
-        inner = self._loop.call_at(when_ns / NS_PER_S, callback, *args)
+        inner = self._loop.call_later(max(0, when_ns - time.monotonic_ns()) / NS_PER_S, callback, *args)
         return Handle(inner)
 
     def call_at_fast(self, when_ns: int, callback: Callable[..., Any], *args: Any) -> None:
-        self._loop.call_at(when_ns / NS_PER_S, callback, *args)
+        self._loop.call_later(max(0, when_ns - time.monotonic_ns()) / NS_PER_S, callback, *args)
 
     def call_soon(self, callback: Callable[[], Any]) -> None:
         """Run `callback()` on the next loop iteration (after the callbacks already ready)."""

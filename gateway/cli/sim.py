@@ -24,6 +24,26 @@ def parse_policies(value: str) -> list[str]:
     return names
 
 
+def parse_sweep(value: str | None) -> list[float]:
+    """`--sweep load=0.5,1,2,4`: the load multipliers, each a positive number. [1.0] when absent."""
+    if value is None:
+        return [1.0]
+    key, sep, rest = value.partition("=")
+    if not sep or key.strip() != "load":
+        raise UserError(f"--sweep: expected 'load=V1,V2,...' (e.g. load=0.5,1,2,4), got '{value}'")
+    loads = []
+    for v in rest.split(","):
+        v = v.strip()
+        try:
+            x = float(v)
+        except ValueError:
+            x = float("nan")
+        if not (x > 0 and x != float("inf")):
+            raise UserError(f"--sweep: load '{v}' is not a positive number; give positive multipliers such as load=0.5,1,2")
+        loads.append(x)
+    return loads
+
+
 def print_table(results: list[dict], title: str) -> None:
     """A readable table of per-policy results (rich)."""
     from rich.console import Console
@@ -44,17 +64,42 @@ def print_table(results: list[dict], title: str) -> None:
 @click.option("--scenario", "scenario_path", required=True, type=click.Path(dir_okay=False), help="scenario YAML file (see loadgen/scenarios/)")
 @click.option("--policy", "policy", default="esg", show_default=True, help="policy name(s), comma-separated, or 'package.module:Class'")
 @click.option("--seed", type=int, default=None, help="override the scenario's seed (same seed, same numbers)")
+@click.option("--sweep", "sweep", default=None, metavar="load=V1,V2,...",
+              help="run every policy at each load multiplier (scales every arrival rate), e.g. load=0.5,1,2,4")
+@click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
+              help="write a PNG of SLO hit rate and allocated cost per policy against load")
+@click.option("--csv", "csv_path", default=None, type=click.Path(dir_okay=False),
+              help="write a CSV with one row per (policy, load)")
 @click.option("--json", "as_json", is_flag=True, help="print exactly one JSON object on stdout")
-def sim(scenario_path: str, policy: str, seed: int | None, as_json: bool) -> None:
-    """Simulate SCENARIO under each POLICY and report SLO hit rate, cost and latency."""
+def sim(scenario_path: str, policy: str, seed: int | None, sweep: str | None, plot_path: str | None,
+        csv_path: str | None, as_json: bool) -> None:
+    """Simulate SCENARIO under each POLICY (at each load of --sweep) and report SLO hit rate, cost and latency.
+
+    \b
+    Compare ESG with the baselines on a scenario, with a plot and a CSV:
+      gpufaas sim --scenario loadgen/scenarios/video.yaml --policy esg,infless,fastgshare,static,batch1-wholegpu \\
+                  --sweep load=0.5,1,2,4 --plot video.png --csv video.csv
+    """
+    from gpufaas.loadgen import report
     from gpufaas.loadgen.scenario import load_scenario
     from gpufaas.loadgen.simdriver import run_scenario
 
+    # NOTE: every flag is checked before the first run: a typo must not cost a sweep of minutes.
     names = parse_policies(policy)
+    loads = parse_sweep(sweep)
+    if plot_path is not None:
+        report.check_writable(plot_path, "--plot")
+    if csv_path is not None:
+        report.check_writable(csv_path, "--csv")
     sc = load_scenario(scenario_path)
     results = []
-    for name in names:
-        results.append(run_scenario(sc, name, seed=seed))
+    for load in loads:
+        for name in names:
+            results.append(run_scenario(sc, name, seed=seed, load=load))
+    if csv_path is not None:
+        report.write_csv(csv_path, sc.name, results)
+    if plot_path is not None:
+        report.write_plot(plot_path, sc.name, results)
     if as_json:
         json.dump({"scenario": sc.name, "results": results}, sys.stdout)
         sys.stdout.write("\n")
