@@ -126,6 +126,8 @@ class FunctionSpec(Spec):
     inputs: dict[str, TensorSpec] = Field(default_factory=dict, description="input tensors per item")
     outputs: dict[str, TensorSpec] = Field(default_factory=dict, description="output tensors per item")
     keep_alive_s: float | None = Field(None, ge=0, description="idle time before an instance is stopped; None = the platform default")
+    inputs_any_float: bool = Field(False, description="accept any non-empty set of float tensors per item (a fan-in head fed by "
+                                   "different upstreams); `inputs` then only describes the synthetic input")
     tenant: str = Field("default", description="owning tenant")
 
     @field_validator("batch_sizes")

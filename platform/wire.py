@@ -1,0 +1,165 @@
+"""The one codec between a backend and its worker processes: typed, versioned msgpack frames.
+
+A frame is a 4-byte big-endian length followed by one msgpack map: `{"v": VERSION, "k": Kind, ...}`.
+Tensors travel as a msgpack extension (code `TENSOR_EXT`) holding `[dtype, shape, raw bytes]`, never as
+pickle: a frame can carry only maps, lists, scalars, bytes and tensors, so decoding a frame from a
+broken or hostile peer can fail (`WireError`) but never run code.
+
+Who calls it: `platform/worker.py` (the worker side, blocking sockets) and
+`platform/backends/process.py` (the host side, asyncio streams). It changes nothing; it only turns
+messages into bytes and back. numpy only: the gateway side must not import torch.
+
+Messages (field names are short because they cross the socket for every batch):
+- HELLO  worker -> host  {"token", "pid", "t0_ns"}: connected; the token says which instance it is.
+- READY  worker -> host  {"parts_ms": {"imports", "model_build", "first_batch"}, "t0_ns", "execute", "device"}
+- BATCH  host -> worker  {"id", "items": [payload | None per job], "hold_ns"}: run one batch.
+- RESULT worker -> host  {"id", "outputs": [dict | None], "errors": [str | None], "exec_ns"} or {"id", "error"}
+- HEARTBEAT worker -> host {}: sent every heartbeat_s by a side thread, also while a batch runs.
+- STOP   host -> worker  {}: finish the current batch, then exit 0.
+- FAILED worker -> host  {"error"}: start-up failed (bad bundle, model build error); the worker exits.
+"""
+
+from __future__ import annotations
+
+import struct
+from enum import IntEnum
+from typing import Any
+
+import msgpack
+import numpy as np
+
+VERSION = 1
+TENSOR_EXT = 1
+MAX_FRAME_BYTES = 1 << 30  # 1 GiB: far above any batch here; a larger length means a corrupt stream
+_LEN = struct.Struct(">I")
+HEADER_BYTES = _LEN.size
+
+# dtypes a tensor may carry (the FunctionSpec dtypes; bfloat16 has no numpy type and travels as float32)
+_DTYPES = {"float32", "float16", "float64", "int64", "int32", "uint8", "bool", "int8", "int16"}
+
+
+class Kind(IntEnum):
+    """Message kinds (ints on the wire: compact and cheap to compare)."""
+
+    HELLO = 1
+    READY = 2
+    BATCH = 3
+    RESULT = 4
+    HEARTBEAT = 5
+    STOP = 6
+    FAILED = 7
+
+
+class WireError(Exception):
+    """A frame that cannot be decoded: bad length, bad msgpack, wrong version, unknown kind, bad tensor."""
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        name = obj.dtype.name
+        if name not in _DTYPES:
+            raise TypeError(f"cannot send a tensor of dtype {name}; use one of {sorted(_DTYPES)}")
+        # NOTE: tobytes() is C order for any layout; shape comes from obj (ascontiguousarray makes 0-d 1-d)
+        return msgpack.ExtType(TENSOR_EXT, msgpack.packb([name, list(obj.shape), obj.tobytes()], use_bin_type=True))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, IntEnum):
+        return int(obj)
+    raise TypeError(f"cannot send {type(obj).__name__}; a message holds maps, lists, scalars, bytes and numpy arrays")
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code != TENSOR_EXT:
+        raise WireError(f"unknown extension type {code} (this side speaks wire version {VERSION})")
+    try:
+        dtype, shape, raw = msgpack.unpackb(data, raw=False)
+    except Exception as e:  # noqa: BLE001 - any decode failure is a malformed tensor
+        raise WireError(f"malformed tensor: {e}") from None
+    if dtype not in _DTYPES or not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise WireError(f"malformed tensor header: dtype={dtype!r} shape={shape!r}")
+    dt = np.dtype(dtype)
+    n = dt.itemsize
+    for d in shape:
+        n *= d
+    if not isinstance(raw, bytes) or len(raw) != n:
+        raise WireError(f"malformed tensor: {dtype}{shape} needs {n} bytes, got {len(raw) if isinstance(raw, bytes) else type(raw).__name__}")
+    # NOTE: a read-only view on the frame's bytes, no copy: receivers that need to write copy first.
+    return np.frombuffer(raw, dtype=dt).reshape(tuple(shape))
+
+
+def encode(kind: Kind, **fields: Any) -> bytes:
+    """One framed message: length prefix + msgpack map with the version and kind. TypeError on unsendable values."""
+    fields["v"] = VERSION
+    fields["k"] = int(kind)
+    body = msgpack.packb(fields, default=_default, use_bin_type=True)
+    return _LEN.pack(len(body)) + body
+
+
+def frame_length(header: bytes) -> int:
+    """Body length from a 4-byte frame header; WireError if it is out of range."""
+    if len(header) != HEADER_BYTES:
+        raise WireError(f"truncated frame header ({len(header)} of {HEADER_BYTES} bytes)")
+    (n,) = _LEN.unpack(header)
+    if n == 0 or n > MAX_FRAME_BYTES:
+        raise WireError(f"frame length {n} is outside 1..{MAX_FRAME_BYTES}")
+    return n
+
+
+def decode(body: bytes) -> tuple[Kind, dict]:
+    """The kind and fields of one frame body (without its length prefix). WireError when malformed."""
+    try:
+        msg = msgpack.unpackb(body, ext_hook=_ext_hook, raw=False, strict_map_key=True)
+    except WireError:
+        raise
+    except Exception as e:  # noqa: BLE001 - msgpack raises several types for garbage
+        raise WireError(f"malformed frame: {type(e).__name__}: {e}") from None
+    if not isinstance(msg, dict):
+        raise WireError(f"malformed frame: expected a map, got {type(msg).__name__}")
+    v = msg.pop("v", None)
+    if v != VERSION:
+        raise WireError(f"wire version {v!r} is not supported (this side speaks version {VERSION}); run matching gpufaas versions")
+    k = msg.pop("k", None)
+    try:
+        kind = Kind(k)
+    except ValueError:
+        raise WireError(f"unknown message kind {k!r}") from None
+    return kind, msg
+
+
+def decode_frame(frame: bytes) -> tuple[Kind, dict]:
+    """Decode one whole frame (length prefix included); WireError when the length does not match."""
+    n = frame_length(frame[:HEADER_BYTES])
+    body = frame[HEADER_BYTES:]
+    if len(body) != n:
+        raise WireError(f"frame says {n} bytes, holds {len(body)}")
+    return decode(body)
+
+
+async def read_message(reader: Any) -> tuple[Kind, dict]:
+    """Read one message from an asyncio StreamReader (IncompleteReadError at end of stream)."""
+    n = frame_length(await reader.readexactly(HEADER_BYTES))
+    return decode(await reader.readexactly(n))
+
+
+def recv_message(sock: Any) -> tuple[Kind, dict] | None:
+    """Read one message from a blocking socket; None at a clean end of stream before a frame starts."""
+    head = _recv_exact(sock, HEADER_BYTES, allow_eof=True)
+    if head is None:
+        return None
+    body = _recv_exact(sock, frame_length(head), allow_eof=False)
+    assert body is not None
+    return decode(body)
+
+
+def _recv_exact(sock: Any, n: int, *, allow_eof: bool) -> bytes | None:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        r = sock.recv_into(view[got:], n - got)
+        if r == 0:
+            if got == 0 and allow_eof:
+                return None
+            raise WireError(f"connection closed mid-frame ({got} of {n} bytes)")
+        got += r
+    return bytes(buf)

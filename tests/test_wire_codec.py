@@ -1,0 +1,105 @@
+"""The wire codec: typed, versioned frames; tensors as (dtype, shape, raw bytes); malformed frames refused."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import msgpack
+import numpy as np
+import pytest
+
+from gpufaas.platform import wire
+from gpufaas.platform.wire import Kind, WireError
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64", "int64", "int32", "uint8", "bool"])
+@pytest.mark.parametrize("shape", [(), (0,), (3,), (2, 3, 4)])
+def test_tensor_round_trip(dtype: str, shape: tuple) -> None:
+    rng = np.random.default_rng(1)
+    a = np.asarray(rng.standard_normal(shape) * 100).astype(dtype)
+    kind, m = wire.decode_frame(wire.encode(Kind.BATCH, id=7, items=[{"x": a}, None], hold_ns=None))
+    assert kind is Kind.BATCH and m["id"] == 7 and m["items"][1] is None and m["hold_ns"] is None
+    b = m["items"][0]["x"]
+    assert b.dtype == a.dtype and b.shape == a.shape and np.array_equal(a, b)
+
+
+def test_non_contiguous_and_scalars() -> None:
+    a = np.arange(24, dtype=np.float32).reshape(4, 6)[:, ::2]
+    _, m = wire.decode_frame(wire.encode(Kind.RESULT, outputs=[{"y": a}], n=np.int64(3), errors=["bad", None]))
+    assert np.array_equal(m["outputs"][0]["y"], a) and m["n"] == 3 and m["errors"] == ["bad", None]
+
+
+def test_unsendable_objects_are_refused_not_pickled() -> None:
+    class Thing:
+        pass
+
+    with pytest.raises(TypeError, match="cannot send Thing"):
+        wire.encode(Kind.BATCH, items=[Thing()])
+    with pytest.raises(TypeError, match="dtype"):
+        wire.encode(Kind.BATCH, items=[np.array(["a"], dtype=object)])
+
+
+def _body(obj: object) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def _tensor_ext(dtype: str, shape: list, raw: bytes) -> msgpack.ExtType:
+    return msgpack.ExtType(wire.TENSOR_EXT, _body([dtype, shape, raw]))
+
+
+@pytest.mark.parametrize("body, match", [
+    (b"\xc1\xc1\xc1", "malformed frame"),
+    (_body([1, 2]), "expected a map"),
+    (_body({"v": 99, "k": 3}), "wire version 99"),
+    (_body({"k": 3}), "wire version None"),
+    (_body({"v": 1, "k": 42}), "unknown message kind 42"),
+    (_body({"v": 1, "k": 3, "x": _tensor_ext("float32", [2, 2], b"\0" * 15)}), "needs 16 bytes, got 15"),
+    (_body({"v": 1, "k": 3, "x": _tensor_ext("object", [1], b"\0")}), "malformed tensor header"),
+    (_body({"v": 1, "k": 3, "x": _tensor_ext("uint8", [-1], b"")}), "malformed tensor header"),
+    (_body({"v": 1, "k": 3, "x": msgpack.ExtType(9, b"")}), "unknown extension type 9"),
+])
+def test_malformed_frames(body: bytes, match: str) -> None:
+    with pytest.raises(WireError, match=match):
+        wire.decode(body)
+
+
+def test_bad_lengths() -> None:
+    with pytest.raises(WireError, match="outside"):
+        wire.frame_length(struct.pack(">I", 0))
+    with pytest.raises(WireError, match="outside"):
+        wire.frame_length(struct.pack(">I", wire.MAX_FRAME_BYTES + 1))
+    frame = wire.encode(Kind.HEARTBEAT)
+    with pytest.raises(WireError, match="holds"):
+        wire.decode_frame(frame[:-1])
+
+
+def test_socket_stream_of_frames_and_truncation() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        big = np.ones((8, 1024), np.float32)  # under the socket buffer: nobody reads while we send
+        a.sendall(wire.encode(Kind.HELLO, token="5") + wire.encode(Kind.RESULT, outputs=[{"y": big}]))
+        assert wire.recv_message(b) == (Kind.HELLO, {"token": "5"})
+        kind, m = wire.recv_message(b)
+        assert kind is Kind.RESULT and np.array_equal(m["outputs"][0]["y"], big)
+        frame = wire.encode(Kind.STOP)
+        a.sendall(frame[:-1])
+        a.shutdown(socket.SHUT_WR)
+        with pytest.raises(WireError, match="closed mid-frame"):
+            wire.recv_message(b)
+    c, d = socket.socketpair()
+    with c, d:
+        c.close()
+        assert wire.recv_message(d) is None  # clean end of stream
+
+
+async def test_asyncio_reader() -> None:
+    import asyncio
+
+    r = asyncio.StreamReader()
+    r.feed_data(wire.encode(Kind.READY, parts_ms={"imports": 1.5}))
+    r.feed_data(struct.pack(">I", 3) + b"\xc1\xc1\xc1")
+    r.feed_eof()
+    assert await wire.read_message(r) == (Kind.READY, {"parts_ms": {"imports": 1.5}})
+    with pytest.raises(WireError):
+        await wire.read_message(r)
