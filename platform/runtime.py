@@ -276,6 +276,12 @@ class Instance:
     def share(self) -> float:
         return self.share_units / self.gpu.share_units
 
+    def batch_latency_ns(self, batch_size: int) -> int:
+        """Profiled execution time of a batch of `batch_size` on this instance's GPU type and share.
+        Every backend that emulates or simulates GPU time (sim, inproc, process, docker, ray) uses it."""
+        gpu = self.gpu
+        return self.function.latency_ns(gpu.type_name, batch_size, self.share_units, gpu.share_units)
+
     def __repr__(self) -> str:
         return f"Instance({self.id} {self.function.name} gpu={self.gpu.id} units={self.share_units} {self.state.name})"
 

@@ -46,11 +46,6 @@ def _register() -> None:
 _OPTIONAL = ["gateway_cmds", "loadgen_cmd", "profile_cmd"]
 
 
-def fail(message: str) -> "NoReturn":  # type: ignore[name-defined]
-    """Raise a UserError (exit code 2, one line)."""
-    raise UserError(message)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `gpufaas` console script."""
     _register()

@@ -265,8 +265,7 @@ class DockerBackend:
         if box is None or box.link is None:
             self.ctl.on_batch_done(inst, batch, None, "docker backend: instance has no live container")
             return
-        gpu = inst.gpu
-        hold_ms = (inst.function.latency_ns(gpu.type_name, len(batch.jobs), inst.share_units, gpu.share_units) / 1e6
+        hold_ms = (inst.batch_latency_ns(len(batch.jobs)) / 1e6
                    if self.emulate_latency else 0.0)
         if self.test_hold_ms is not None:
             hold_ms = self.test_hold_ms

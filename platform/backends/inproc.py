@@ -51,8 +51,7 @@ class InprocBackend:
 
     def submit(self, inst: Instance, batch: Batch) -> None:
         """Schedule `on_batch_done` after the profiled batch latency."""
-        gpu = inst.gpu
-        t = inst.function.latency_ns(gpu.type_name, len(batch.jobs), inst.share_units, gpu.share_units)
+        t = inst.batch_latency_ns(len(batch.jobs))
         out = self._output_of(inst.function) if self.emulate_outputs else None
         outputs = [out] * len(batch.jobs)
         if t <= 0:

@@ -118,13 +118,13 @@ class ProcessBackend:
             return
         hold_ns = None
         if self.execute == "emulated":
-            gpu = inst.gpu
-            hold_ns = inst.function.latency_ns(gpu.type_name, len(batch.jobs), inst.share_units, gpu.share_units)
+            hold_ns = inst.batch_latency_ns(len(batch.jobs))
         items = batch.outputs if batch.outputs is not None else [None] * len(batch.jobs)
         try:
             frame = wire.encode(Kind.BATCH, id=batch.id, items=items, hold_ns=hold_ns)
         except TypeError as e:
-            self.clock.call_soon(lambda: self.ctl.on_batch_done(inst, batch, None, f"payload cannot be sent: {e}"))
+            why = f"payload cannot be sent: {e}"  # bound now: `e` is unset once the except block ends
+            self.clock.call_soon(lambda: self.ctl.on_batch_done(inst, batch, None, why))
             return
         w.batch = batch
         w.sent_ns = time.perf_counter_ns()

@@ -227,8 +227,7 @@ class RayBackend:
         if a is None or a.handle is None:
             self.ctl.on_batch_done(inst, batch, None, "ray backend: instance has no live actor")
             return
-        gpu = inst.gpu
-        hold_ms = (inst.function.latency_ns(gpu.type_name, len(batch.jobs), inst.share_units, gpu.share_units) / 1e6
+        hold_ms = (inst.batch_latency_ns(len(batch.jobs)) / 1e6
                    if self.emulate_latency else 0.0)
         if self.test_hold_ms is not None:
             hold_ms = self.test_hold_ms

@@ -29,8 +29,7 @@ class SimBackend:
         self.clock.call_at_fast(self.clock.now_ns() + t, self.ctl.on_instance_ready, inst)
 
     def submit(self, inst: Instance, batch: Batch) -> None:
-        gpu = inst.gpu
-        t = inst.function.latency_ns(gpu.type_name, len(batch.jobs), inst.share_units, gpu.share_units)
+        t = inst.batch_latency_ns(len(batch.jobs))
         self.clock.call_at_fast(batch.start_ns + t, self.ctl.on_batch_done, inst, batch)
 
     def stop(self, inst: Instance) -> None:
