@@ -105,6 +105,18 @@ async def fetch_usage(session: aiohttp.ClientSession, gateway: str) -> dict | No
         return None
 
 
+def _classify(status: int, raw: bytes) -> tuple[str, bool, float | None]:
+    """One gateway answer as (kind, slo_met, server latency ms): the invocation's status for a 200,
+    else the error kind. Both HTTP clients of the driver call it."""
+    if status != 200:
+        return _error_kind(status, raw), False, None
+    try:
+        doc = json.loads(raw)
+        return str(doc.get("status", "bad_response")), bool(doc.get("slo_met", False)), doc.get("latency_ms")
+    except ValueError:
+        return "bad_response", False, None
+
+
 class Driver:
     """An open-loop sender for one run. Build it, then `await run()` (once).
 
@@ -161,16 +173,7 @@ class Driver:
             async with session.post(self._urls[target], data=self._bodies[target], headers=_JSON_HEADERS) as resp:
                 raw = await resp.read()
                 status = resp.status
-            if status == 200:
-                try:
-                    doc = json.loads(raw)
-                    kind = str(doc.get("status", "bad_response"))
-                    slo_met = bool(doc.get("slo_met", False))
-                    server_ms = doc.get("latency_ms")
-                except ValueError:
-                    kind = "bad_response"
-            else:
-                kind = _error_kind(status, raw)
+            kind, slo_met, server_ms = _classify(status, raw)
         except asyncio.CancelledError:  # still running when the drain ended: reported, never dropped
             kind = "unfinished"
         except asyncio.TimeoutError:
@@ -195,16 +198,7 @@ class Driver:
         try:
             async with asyncio.timeout(self.timeout_s):
                 status, raw = await self._pool.request(self._raw[target])  # type: ignore[union-attr]
-            if status == 200:
-                try:
-                    doc = json.loads(raw)
-                    kind = str(doc.get("status", "bad_response"))
-                    slo_met = bool(doc.get("slo_met", False))
-                    server_ms = doc.get("latency_ms")
-                except ValueError:
-                    kind = "bad_response"
-            else:
-                kind = _error_kind(status, raw)
+            kind, slo_met, server_ms = _classify(status, raw)
         except asyncio.CancelledError:  # still running when the drain ended: reported, never dropped
             kind = "unfinished"
         except TimeoutError:
