@@ -14,3 +14,17 @@ FUNCTIONS = ROOT / "functions"
 @pytest.fixture
 def root() -> Path:
     return ROOT
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """A Docker client with the base image present, for the docker tests; skips the module (with the
+    reason) if no engine can be started."""
+    from gpufaas.platform import images
+
+    try:
+        client = images.connect_engine(start=True)
+    except images.EngineUnavailable as e:
+        pytest.skip(f"no Docker engine can be started here: {e}")
+    images.ensure_base_image(client)
+    return client

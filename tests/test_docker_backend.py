@@ -33,17 +33,6 @@ FUNCTIONS = Path(__file__).resolve().parents[1] / "functions"
 VIDEO = ["preprocess", "ssdlite", "resnet50", "mobilenet-v2", "vit-b16", "aggregator"]
 
 
-@pytest.fixture(scope="module")
-def engine():
-    """A docker client with the base image present; skips the module (with the reason) if no engine starts."""
-    try:
-        client = images.connect_engine(start=True)
-    except images.EngineUnavailable as e:
-        pytest.skip(f"no Docker engine can be started here: {e}")
-    images.ensure_base_image(client)
-    return client
-
-
 def _scope() -> str:
     return f"t{uuid.uuid4().hex[:8]}"
 

@@ -16,23 +16,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from gpufaas.gateway.app import create_app
 from gpufaas.gateway.client import load_stack
 from gpufaas.gateway.config import GatewayConfig
-from gpufaas.platform import images
 from gpufaas.platform.backends.docker_backend import container_count
 
 pytestmark = pytest.mark.docker
 
 ROOT = Path(__file__).resolve().parents[1]
 VIDEO = {"preprocess", "ssdlite", "resnet50", "mobilenet-v2", "vit-b16", "aggregator"}
-
-
-@pytest.fixture(scope="module")
-def engine():
-    try:
-        client = images.connect_engine(start=True)
-    except images.EngineUnavailable as e:
-        pytest.skip(f"no Docker engine can be started here: {e}")
-    images.ensure_base_image(client)
-    return client
 
 
 def video_stack() -> list[tuple[str, dict, dict]]:
