@@ -25,25 +25,15 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from gpufaas.gateway.cli import bench, sim
+    """Add every verb; this file is the one place that names them."""
+    from gpufaas.gateway.cli import bench, gateway_cmds, loadgen_cmd, profile_cmd, sim
 
     cli.add_command(sim.sim)
-    bench.register_optional()
+    bench.register_all()
     cli.add_command(bench.bench)
-    for modname in _OPTIONAL:
-        try:
-            mod = __import__(f"gpufaas.gateway.cli.{modname}", fromlist=["COMMANDS"])
-        except ModuleNotFoundError as e:
-            if e.name != f"gpufaas.gateway.cli.{modname}":
-                raise
-            continue
+    for mod in (gateway_cmds, loadgen_cmd, profile_cmd):
         for cmd in mod.COMMANDS:
             cli.add_command(cmd)
-
-
-# NOTE: verbs that arrive with later parts of the platform (gateway, loadgen, profile) live in their own
-# modules, each exporting COMMANDS; listed here so this file stays the one place that names them.
-_OPTIONAL = ["gateway_cmds", "loadgen_cmd", "profile_cmd"]
 
 
 def main(argv: list[str] | None = None) -> None:

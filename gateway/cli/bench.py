@@ -50,23 +50,13 @@ def bench_sim(policy: str, duration_s: float | None, as_json: bool) -> None:
     emit("sim", sim_speed(policy, duration_s), as_json)
 
 
-# NOTE: other benchmarks live beside the code they measure, in modules named here, each exporting
-# COMMAND (a click command named after the benchmark); `all` runs whatever is registered, in order.
-_OPTIONAL = ["bench_scheduler", "bench_dispatch", "bench_gateway", "bench_loadgen"]
+# NOTE: other benchmarks live beside the code they measure, each module exporting COMMAND (a click
+# command named after the benchmark); `all` runs whatever is registered, in order.
+def register_all() -> None:
+    """Add the benchmark commands of the other bench_* modules (called by the CLI at start-up)."""
+    from gpufaas.gateway.cli import bench_dispatch, bench_gateway, bench_loadgen, bench_scheduler
 
-
-def register_optional() -> None:
-    """Add the benchmark commands of the modules in _OPTIONAL that exist."""
-    import importlib
-
-    for modname in _OPTIONAL:
-        full = f"gpufaas.gateway.cli.{modname}"
-        try:
-            mod = importlib.import_module(full)
-        except ModuleNotFoundError as e:
-            if e.name != full:
-                raise
-            continue
+    for mod in (bench_scheduler, bench_dispatch, bench_gateway, bench_loadgen):
         if mod.COMMAND.name not in bench.commands:
             bench.add_command(mod.COMMAND)
 

@@ -59,29 +59,20 @@ class Registry:
 def builtin_registry() -> Registry:
     """Every in-tree policy, registered here and nowhere else."""
     from gpufaas.platform.policy.batch1_wholegpu import Batch1WholeGpu
+    from gpufaas.platform.policy.esg import EsgPolicy
+    from gpufaas.platform.policy.fastgshare import FastGSharePolicy
+    from gpufaas.platform.policy.infless import InflessPolicy
+    from gpufaas.platform.policy.oracle import OraclePolicy
+    from gpufaas.platform.policy.static import StaticPolicy
 
     reg = Registry()
+    reg.register(names.ESG, EsgPolicy)
+    reg.register(names.ORACLE, OraclePolicy)
+    reg.register(names.INFLESS, InflessPolicy)
+    reg.register(names.FASTGSHARE, FastGSharePolicy)
+    reg.register(names.STATIC, StaticPolicy)
     reg.register(names.BATCH1_WHOLEGPU, Batch1WholeGpu)
-    for name, modname, cls in _OPTIONAL:
-        try:
-            mod = importlib.import_module(modname)
-        except ModuleNotFoundError as e:
-            if e.name != modname:
-                raise
-            continue
-        reg.register(name, getattr(mod, cls))
     return reg
-
-
-# NOTE: policies that live in their own modules; listed here so the registry stays the one place that
-# names them. A module that is not there yet is skipped (ModuleNotFoundError for that module only).
-_OPTIONAL = [
-    (names.ESG, "gpufaas.platform.policy.esg", "EsgPolicy"),
-    (names.ORACLE, "gpufaas.platform.policy.oracle", "OraclePolicy"),
-    (names.INFLESS, "gpufaas.platform.policy.infless", "InflessPolicy"),
-    (names.FASTGSHARE, "gpufaas.platform.policy.fastgshare", "FastGSharePolicy"),
-    (names.STATIC, "gpufaas.platform.policy.static", "StaticPolicy"),
-]
 
 
 def make_policy(name: str, **params: Any) -> Policy:
