@@ -88,8 +88,8 @@ class Batch1WholeGpu:
                     # NOTE: a function without any instance may evict any idle instance, even the last one of
                     # its function: whole-GPU instances must time-share the cluster by eviction, else six
                     # functions on four GPUs deadlock.
-                    victim = next((v for v in victims if v.id not in used and v.function.name != fname
-                                   and (starving or v.excess)
+                    victim = next((v for v, excess in victims if v.id not in used and v.function.name != fname
+                                   and (starving or excess)
                                    and v.gpu.share_units in fn.share_units.get(v.gpu.type_name, ())), None)
                     if victim is not None:
                         used.add(victim.id)
@@ -135,30 +135,17 @@ def _starting(view: ClusterView, function: str) -> int:
 
 
 def _eviction_candidates(view: ClusterView, want: dict[str, int]) -> list:
-    """Idle warm instances alone on a whole GPU, longest idle first, each marked `excess` when its
-    function has more instances than it wants."""
+    """(instance, excess) for idle warm instances alone on a whole GPU, longest idle first; `excess` when
+    the instance's function has more instances than it wants."""
     out = []
     for g in view.gpus:
         if len(g.instance_ids) != 1:
             continue
         inst = view.instance(next(iter(g.instance_ids)))
         if inst.state == InstanceState.IDLE and not inst.backlog and not inst.stopping and inst.share_units == g.share_units:
-            out.append(_Candidate(inst, len(view.instances(inst.function.name)) > want.get(inst.function.name, 1)))
-    out.sort(key=lambda c: c.idle_since_ns)
+            out.append((inst, len(view.instances(inst.function.name)) > want.get(inst.function.name, 1)))
+    out.sort(key=lambda c: c[0].idle_since_ns)
     return out
-
-
-class _Candidate:
-    """An eviction candidate: the instance's fields plus whether it is in excess of its function's need."""
-
-    __slots__ = ("inst", "excess")
-
-    def __init__(self, inst, excess: bool) -> None:
-        self.inst = inst
-        self.excess = excess
-
-    def __getattr__(self, name):
-        return getattr(self.inst, name)
 
 
 def _drain_victim(view: ClusterView, function: str, exclude: set[int], backlog: dict[str, int]):
