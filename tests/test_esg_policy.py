@@ -9,7 +9,7 @@ from gpufaas.loadgen.simdriver import run_scenario
 from gpufaas.platform.clock import NS_PER_MS, NS_PER_S
 from gpufaas.platform.decisions import Decisions, Start
 from gpufaas.platform.errors import UserError
-from gpufaas.platform.policy.esg import EsgPolicy
+from gpufaas.platform.policy.esg import EsgPolicy, transfer_estimates_ns
 from gpufaas.platform.policy.registry import make_policy
 from tests.conftest import SCENARIOS
 from tests.helpers import chain, controller, function
@@ -22,6 +22,18 @@ def test_registered_with_checked_parameters():
         make_policy("esg", epsilon=-1)
     with pytest.raises(UserError, match="bad parameters"):
         make_policy("esg", nope=1)
+    with pytest.raises(UserError, match="host_gbps must be a finite number >= 0"):
+        make_policy("esg", host_gbps=-1)
+    assert make_policy("esg", host_gbps=0).host_ns_per_byte == 0.0
+
+
+def test_transfer_estimates_follow_output_size_and_bandwidth():
+    # f's output per item: float16 3x224x224 = 301,056 bytes; at 100 Gbit/s that is 0.08 ns a byte
+    image = {"image": {"dtype": "float16", "shape": [3, 224, 224]}}
+    ctl, _, _ = controller(EsgPolicy(), functions=[function("f", "preprocess", outputs=image), function("g")],
+                           workflows=[chain("w", ["f", "g"])])
+    assert transfer_estimates_ns(ctl.view, ctl.workflows["w"], 8.0 / 100) == [0, int(301_056 * 0.08)]
+    assert transfer_estimates_ns(ctl.view, ctl.workflows["w"], 0.0) == [0, 0]
 
 
 def _warm_pair():  # noqa: D401

@@ -1,4 +1,5 @@
-"""ESG_1Q's A*-search against the exhaustive oracle and literal enumeration (hypothesis properties)."""
+"""ESG_1Q's A*-search against the exhaustive oracle and literal enumeration (hypothesis properties), the
+adaptive open-list window, and inter-stage transfer time."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from gpufaas.platform.policy import search as S
 
 @st.composite
 def problems(draw, max_stages: int = 4, max_options: int = 5):
-    """A small random search problem (chain or single-root DAG) and a budget."""
+    """A small random search problem (chain or single-root DAG, some stages with an input transfer) and a budget."""
     n = draw(st.integers(1, max_stages))
     fill = draw(st.sampled_from([0, 0, 3, 10]))
     stages = []
@@ -22,7 +23,7 @@ def problems(draw, max_stages: int = 4, max_options: int = 5):
             preds = ()
         else:
             preds = tuple(sorted(draw(st.sets(st.integers(0, i - 1), min_size=1, max_size=min(2, i)))))
-        stages.append(S.StageTable(opts, preds, fill if i else 0))
+        stages.append(S.StageTable(opts, preds, fill if i else 0, draw(st.sampled_from([0, 0, 4]))))
     return stages, draw(st.integers(5, 150))
 
 
@@ -31,7 +32,8 @@ def problems(draw, max_stages: int = 4, max_options: int = 5):
 def test_pruning_never_discards_the_optimum(case):
     problem, budget = case
     exact = S.brute_force(problem, budget)
-    for r in (S.astar(problem, budget, 0.0), S.oracle(problem, budget), S.astar(problem, budget, 0.0, blades=False)):
+    for r in (S.astar(problem, budget, 0.0), S.oracle(problem, budget), S.astar(problem, budget, 0.0, blades=False),
+              S.astar(problem, budget, 0.0, adaptive=False)):
         assert (r.choice is None) == (exact.choice is None)
         if r.choice is not None:
             assert r.cost == pytest.approx(exact.cost)
@@ -59,6 +61,40 @@ def test_fill_wait_couples_downstream_batch_to_root_batch():
     r = S.astar([root, child], 20)
     assert r.choice == (1, 1) and r.cost == 2.0
     assert S.path_latency([root, child], (0, 1)) == 50
+
+
+def test_transfer_time_counts_against_the_budget():
+    # the child's cheap option fits the budget only while its input transfer is left out
+    root = S.StageTable((S.Option(1.0, 10, 1, 1),))
+    child = (S.Option(1.0, 30, 1, 1), S.Option(5.0, 10, 1, 1))
+    without = [root, S.StageTable(child, (0,))]
+    with_xfer = [root, S.StageTable(child, (0,), transfer_ns=10)]
+    assert S.astar(without, 45).choice == (0, 0)
+    assert S.path_latency(with_xfer, (0, 0)) == 50
+    for search in (S.astar, S.oracle, S.brute_force):
+        r = search(with_xfer, 45)
+        assert r.choice == (0, 1) and r.cost == 6.0 and r.latency_ns == 30
+    assert S.astar(with_xfer, 25).choice is None
+
+
+# a chain (cost, time) per option; budget 84: many partial paths lie within 10% of the lowest f
+WINDOW_CASE = [[(38, 8), (60, 24), (18, 21)], [(33, 21), (44, 23), (48, 14), (37, 18)], [(40, 12), (43, 9)],
+               [(60, 1), (29, 26), (52, 5)], [(49, 24), (32, 5), (18, 17), (38, 12)], [(26, 27), (40, 26), (32, 17), (54, 13)]]
+
+
+def test_adaptive_window_dives_within_epsilon_and_shuts_at_zero():
+    problem = [S.StageTable(tuple(S.Option(c, t, 1, 1) for c, t in opts), (i - 1,) if i else ())
+               for i, opts in enumerate(WINDOW_CASE)]
+    exact = S.oracle(problem, 84)
+    plain = S.astar(problem, 84, 0.1, adaptive=False)
+    assert plain.cost == exact.cost and plain.dives == 0
+    # the window opens to (1 + epsilon): the search dives to a path within it and stops sooner
+    r = S.astar(problem, 84, 0.1)
+    assert r.dives > 0 and r.nodes_expanded < plain.nodes_expanded
+    assert exact.cost <= r.cost <= 1.1 * exact.cost
+    # epsilon = 0: the window stays shut and the search exact
+    r0 = S.astar(problem, 84, 0.0)
+    assert r0.dives == 0 and r0.cost == exact.cost
 
 
 def test_blades_cut_work_and_are_counted():

@@ -6,8 +6,10 @@ share a batch can use), cost per request = latency x share / batch, a batch-fill
 arrival rate and queue length for the root and from the rate for later stages, and a random budget
 between 1.1x and 4x the fastest possible latency. It reports the optimality gap (A* cost / oracle cost
 - 1, over cases where both find a path), the A*'s decision time (the search call only, one core,
-best of 3 timings), nodes expanded and the fraction of considered children that the blades cut; then the same for the A*
-without blades, so the reader sees what pruning saves. Figures only, never pass/fail.
+best of 3 timings; across calls the search keeps only each DAG shape's structure, as a workflow's
+decisions share it too), nodes expanded and the fraction of considered children that the blades cut;
+then the same for the A* without blades, so the reader sees what pruning saves. Figures only, never
+pass/fail.
 
 Who calls it: `gpufaas bench scheduler` / `gpufaas bench all`. It changes nothing outside itself.
 """

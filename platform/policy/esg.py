@@ -5,8 +5,9 @@ Per policy call, queues are served earliest head deadline first. For the head of
 1. its budget is the time left to its deadline, split by the workflow's dominator segments
    (`slo.stage_budget_ns`, recomputed from the time actually left), minus a safety `slack`;
 2. ESG_1Q searches (batch, share) for this stage and the rest of its segment (`search.astar`); the root
-   stage's options carry their real start delay (warm, busy, or cold start, from `dispatch.Capacity`)
-   and their batch-fill wait at the queue's arrival-rate EWMA;
+   stage's options carry their real start delay (warm, busy, or cold start, from `dispatch.Capacity`),
+   the transfer of the head's inputs to that placement's GPU, and their batch-fill wait at the queue's
+   arrival-rate EWMA; later stages carry an estimate of their input transfer (`transfer_estimates_ns`);
 3. only this stage's choice is committed (receding horizon): if its batch is not yet full and waiting
    still fits, the policy asks to be woken at the latest time it can wait; otherwise ESG_Dispatch places
    it (warm idle instance, local first; a busy one that frees in time; a best-fit GPU and a cold start).
@@ -35,9 +36,11 @@ from gpufaas.platform.policy.dispatch import NEW, Capacity
 from gpufaas.platform.policy.slo import SloPlan, critical_path_ns, make_plan, stage_budget_ns
 from gpufaas.platform.profiles import LatencyTable
 from gpufaas.platform.runtime import AfwQueue, FunctionRt, InstanceState, WorkflowRt
+from gpufaas.platform.specs import NetworkSpec
 from gpufaas.platform.views import ClusterView
 
 NS_PER_S = 1_000_000_000
+DEFAULT_HOST_GBPS = NetworkSpec.model_fields["host_gbps"].default
 
 
 @lru_cache(maxsize=512)
@@ -61,10 +64,11 @@ def warm_options(table: LatencyTable, batches: tuple[int, ...], units: tuple[int
 class _WfMemo:
     """What a workflow needs per decision, computed once per deployed workflow object."""
 
-    __slots__ = ("wf", "plan", "preds", "fastest_rest_ns", "stage_opts", "nominal_opts")
+    __slots__ = ("wf", "plan", "preds", "fastest_rest_ns", "stage_opts", "nominal_opts", "transfer_ns")
 
     def __init__(self, wf: WorkflowRt, plan: SloPlan, preds: list, fastest_rest_ns: list, stage_opts: list,
-                 nominal_opts: list) -> None:
+                 nominal_opts: list, transfer_ns: list) -> None:
+        self.transfer_ns = transfer_ns  # per stage: estimated transfer of its inputs (`transfer_estimates_ns`)
         self.nominal_opts = nominal_opts  # per stage: the Option of the cheapest SLO-feasible warm configuration
         self.wf = wf
         self.plan = plan
@@ -77,24 +81,30 @@ class EsgPolicy:
     """ESG. Parameters (keyword, frozen after construction):
 
     - `epsilon`: the search stops when its best path is within (1 + epsilon) of the optimum (0 = exact);
-    - `slack`: fraction of each budget held back for prediction error (arrival bursts, transfers);
+    - `slack`: fraction of each budget held back for prediction error (arrival bursts, cross-node transfers);
     - `idle_stop_s`: an idle instance beyond one per function is stopped after this long;
-    - `eager_scale`: also start one more instance when a feasible choice has to queue behind a busy one.
+    - `eager_scale`: also start one more instance when a feasible choice has to queue behind a busy one;
+    - `host_gbps`: the bandwidth assumed for the input transfers of a segment's later stages (0: leave
+      them out); the root stage's transfer is the controller's own figure for its placement.
     """
 
     name = "esg"
 
-    def __init__(self, epsilon: float = 0.05, slack: float = 0.1, idle_stop_s: float = 10.0, eager_scale: bool = False) -> None:
+    def __init__(self, epsilon: float = 0.05, slack: float = 0.1, idle_stop_s: float = 10.0, eager_scale: bool = False,
+                 host_gbps: float = DEFAULT_HOST_GBPS) -> None:
         if not (epsilon >= 0 and math.isfinite(epsilon)):
             raise UserError(f"policy esg: epsilon must be a finite number >= 0 (0 = exact), got {epsilon}")
         if not 0 <= slack < 1:
             raise UserError(f"policy esg: slack must be a fraction in [0, 1), got {slack}")
         if idle_stop_s < 0:
             raise UserError(f"policy esg: idle_stop_s must be >= 0 seconds, got {idle_stop_s}")
+        if not (host_gbps >= 0 and math.isfinite(host_gbps)):
+            raise UserError(f"policy esg: host_gbps must be a finite number >= 0 (0 = no transfer estimate), got {host_gbps}")
         self.epsilon = float(epsilon)
         self.slack = float(slack)
         self.idle_stop_ns = int(idle_stop_s * NS_PER_S)
         self.eager_scale = bool(eager_scale)
+        self.host_ns_per_byte = 8.0 / host_gbps if host_gbps > 0 else 0.0
 
     # NOTE: esg and oracle differ only here: the same tables, budgets and placement, another search.
     def search(self, problem: list[S.StageTable], budget_ns: int) -> S.Result:
@@ -185,21 +195,21 @@ class EsgPolicy:
         if len(scope) > 1:
             local = {s: k for k, s in enumerate(scope)}
             # NOTE: later stages of the segment are planned warm (their placement is decided when their own
-            # queue comes up) and with the pipeline's fill model: jobs reach them in batches of the root's
-            # size, so a larger batch waits for the extra items at that queue's rate (this queue's if it has
-            # none yet; unknown rates plan no wait). Inter-stage transfers (tens of microseconds for these
-            # tensors) are left out of the search; the controller still charges them.
+            # queue comes up), with the pipeline's fill model (jobs reach them in batches of the root's
+            # size, so a larger batch waits for the extra items at that queue's rate; this queue's if it has
+            # none yet; unknown rates plan no wait) and with their estimated input transfer
             for s in scope[1:]:
                 rate = q.workflow.stages[s].queue.rate_per_s or q.rate_per_s
                 fill = int(NS_PER_S / rate) if rate > 0 else 0
-                problem.append(S.StageTable(wm.stage_opts[s], tuple(local[p] for p in wm.preds[s] if p in local), fill))
+                problem.append(S.StageTable(wm.stage_opts[s], tuple(local[p] for p in wm.preds[s] if p in local), fill,
+                                            wm.transfer_ns[s]))
         res = self.search(problem, budget)
         if res.choice is None:
             return self._best_effort(view, fn, q, pos, queued, opts, places, problem, budget, cap, actions)
         o = opts[res.choice[0]]
-        pl, fill, lat = places[o.tag]
+        pl, fill, lat, x = places[o.tag]
         if o.batch > queued:
-            extra = max(fill, pl.delay_ns) - pl.delay_ns  # the part of the root's time that is the fill wait
+            extra = max(fill + x, pl.delay_ns) - max(x, pl.delay_ns)  # the part of the root's time that is the fill wait
             return "wait", now_ns + max(1, budget - res.latency_ns + extra), o.batch
         n = self._place(view, fn, q, pos, o.batch, pl, lat, cap, actions)
         if n and self.eager_scale and pl.kind != NEW and pl.delay_ns > 0 and not any(
@@ -211,12 +221,21 @@ class EsgPolicy:
 
     def _root_options(self, view: ClusterView, fn: FunctionRt, q: AfwQueue, head, queued: int, budget: int,
                       cap: Capacity) -> tuple[list[S.Option], list]:
-        """The root stage's options with their real start delay and batch-fill wait."""
+        """The root stage's options with their real start delay, input transfer and batch-fill wait, and per
+        option (in `Option.tag`) its (placement, fill wait, run time, transfer)."""
         opts: list[S.Option] = []
         places: list = []
         rate = q.rate_per_s
         ns_per_item = NS_PER_S / rate if rate > 0 else math.inf
         max_b = fn.batch_sizes[-1]
+        xfer: dict[int, int] = {}
+
+        def transfer(gpu_id: int) -> int:  # the controller's transfer time of the head's inputs onto a GPU
+            x = xfer.get(gpu_id)
+            if x is None:
+                x = xfer[gpu_id] = view.transfer_ns(head, view.gpus[gpu_id]) if head.stage.preds else 0
+            return x
+
         for g0 in _gpu_types(view):
             t = g0.type_name
             table = fn.tables.get(t)
@@ -233,8 +252,10 @@ class EsgPolicy:
                 pl = cap.pick(by_u[u], u, b)
                 if pl is None:
                     continue
-                opts.append(S.Option(cost, max(fill, pl.delay_ns) + lat, b, u, len(places)))
-                places.append((pl, fill, lat))
+                x = transfer(pl.gpu_id)
+                # the batch is sent when it is full; its inputs move while the instance is still busy or starting
+                opts.append(S.Option(cost, max(fill + x, pl.delay_ns) + lat, b, u, len(places)))
+                places.append((pl, fill, lat, x))
         # with the budget already overrun by every option, the best-effort path still needs the fastest
         if not opts:
             for g0 in _gpu_types(view):
@@ -249,8 +270,9 @@ class EsgPolicy:
                         continue
                     pl = cap.pick(by_u[u], u, b)
                     if pl is not None:
-                        opts.append(S.Option(cost, pl.delay_ns + lat, b, u, len(places)))
-                        places.append((pl, 0, lat))
+                        x = transfer(pl.gpu_id)
+                        opts.append(S.Option(cost, max(x, pl.delay_ns) + lat, b, u, len(places)))
+                        places.append((pl, 0, lat, x))
         return opts, places
 
     def _best_effort(self, view, fn, q, pos, queued, opts, places, problem, budget, cap, actions) -> tuple[str, int, int]:
@@ -261,7 +283,7 @@ class EsgPolicy:
         if not runnable:
             return "blocked", 0, 0
         o = min(runnable, key=lambda o: (o.time_ns // 1_000_000, -o.batch, o.cost))
-        pl, _, lat = places[o.tag]
+        pl, _, lat, _ = places[o.tag]
         n = self._place(view, fn, q, pos, o.batch, pl, lat, cap, actions)
         if not n:
             return "blocked", 0, 0
@@ -378,7 +400,7 @@ class EsgPolicy:
     def _memo(self, view: ClusterView, wf: WorkflowRt, state: dict) -> _WfMemo:
         m = state["wf"].get(wf.name)
         if m is None or m.wf is not wf:
-            m = state["wf"][wf.name] = build_memo(view, wf, self.search)
+            m = state["wf"][wf.name] = build_memo(view, wf, self.search, self.host_ns_per_byte)
         return m
 
 
@@ -393,11 +415,14 @@ def _gpu_types(view: ClusterView) -> list:
     return list(seen.values())
 
 
-def build_memo(view: ClusterView, wf: WorkflowRt, search: Callable) -> _WfMemo:
+def build_memo(view: ClusterView, wf: WorkflowRt, search: Callable, host_ns_per_byte: float) -> _WfMemo:
     """Segments, nominal latencies (the cheapest SLO-feasible warm configuration of the whole workflow,
-    found with the policy's own search), warm option tables per stage and the fastest remaining path."""
+    found with the policy's own search, transfers included), warm option tables per stage, the transfer
+    estimates and the fastest remaining path (without transfers: it decides rejections, so it stays
+    optimistic)."""
     preds = [s.preds for s in wf.stages]
     n = len(preds)
+    transfer = transfer_estimates_ns(view, wf, host_ns_per_byte)
     stage_opts = []
     for s in wf.stages:
         fn = view.functions[s.function]
@@ -412,7 +437,7 @@ def build_memo(view: ClusterView, wf: WorkflowRt, search: Callable) -> _WfMemo:
     # NOTE: the whole workflow as one search problem: a virtual root (one free option) feeds the entries
     problem = [S.StageTable((S.Option(0.0, 0, 1, 0),))]
     for i in range(n):
-        problem.append(S.StageTable(stage_opts[i], tuple(p + 1 for p in preds[i]) or (0,)))
+        problem.append(S.StageTable(stage_opts[i], tuple(p + 1 for p in preds[i]) or (0,), 0, transfer[i]))
     res = search(problem, wf.slo_ns)
     if res.choice is not None:
         nominal_opts = [problem[i + 1].options[res.choice[i + 1]] for i in range(n)]
@@ -424,7 +449,24 @@ def build_memo(view: ClusterView, wf: WorkflowRt, search: Callable) -> _WfMemo:
     for i in range(n):
         below = [j for j in range(n) if j == i or _reaches(preds, i, j)]
         fastest_rest.append(critical_path_ns(preds, tuple(below), fastest))
-    return _WfMemo(wf, make_plan(preds, nominal), preds, fastest_rest, stage_opts, nominal_opts)
+    return _WfMemo(wf, make_plan(preds, nominal), preds, fastest_rest, stage_opts, nominal_opts, transfer)
+
+
+def transfer_estimates_ns(view: ClusterView, wf: WorkflowRt, host_ns_per_byte: float) -> list[int]:
+    """Per stage of `wf`, the time to move one job's inputs to it: its largest predecessor output at
+    `host_ns_per_byte` (0 for entry stages). Who calls it: `build_memo`.
+
+    NOTE: a conservative estimate of a same-node move made before the placement is known: the controller
+    charges nothing on the same GPU, host bandwidth on one node and network latency + bandwidth across
+    nodes (`Controller.transfer_ns`). Across nodes this underestimates; dispatch prefers the GPU and then
+    the node that holds the inputs, so that is the rare case. The bandwidth is the policy's `host_gbps`
+    (the view does not expose the cluster's network). Per job, not per batch: the controller moves each
+    job's inputs on its own and a batch waits for the slowest."""
+    out = []
+    for s in wf.stages:
+        nbytes = max((view.functions[wf.stages[p].function].output_bytes for p in s.preds), default=0)
+        out.append(int(nbytes * host_ns_per_byte))
+    return out
 
 
 def _reaches(preds: list, a: int, b: int) -> bool:
