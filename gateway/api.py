@@ -10,8 +10,9 @@ ways. Outputs come back the way the request came in (or as `Accept` asks).
 
 from __future__ import annotations
 
+import json
 import math
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -150,6 +151,32 @@ def encode_output(value: Any, binary: bool) -> Any:
     if hasattr(value, "numpy") and hasattr(value, "shape"):  # a torch tensor from a real handler
         return encode_output(value.numpy(), binary)
     return value
+
+
+# NOTE: json.dumps(o, separators=...) builds a JSONEncoder and a C encoder on every call; this one is built
+# once (same output: compact separators, ensure_ascii, NaN allowed; no circular-reference check, which
+# outputs never need).
+json_compact: Callable[[Any], str]
+if json.encoder.c_make_encoder is not None:
+    _c_encode = json.encoder.c_make_encoder(None, json.JSONEncoder().default, json.encoder.encode_basestring_ascii, None,
+                                            ":", ",", False, False, True)
+
+    def json_compact(o: Any) -> str:
+        """json.dumps(o, separators=(",", ":"))."""
+        return "".join(_c_encode(o, 0))
+else:  # pragma: no cover (CPython always has the C encoder)
+    json_compact = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def encode_output_json(value: Any) -> str:
+    """json_compact(encode_output(value, False)), with the usual shapes (an array, or a mapping of arrays)
+    converted in one pass."""
+    t = type(value)
+    if t is np.ndarray:
+        return json_compact(value.tolist())
+    if t is dict:
+        return json_compact({k: v.tolist() if type(v) is np.ndarray else encode_output(v, False) for k, v in value.items()})
+    return json_compact(encode_output(value, False))
 
 
 # ---------------------------------------------------------------- OpenAPI

@@ -20,6 +20,7 @@ Who calls `create_app`: `gpufaas up`, the demo, the gateway benchmark, the tests
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import logging
@@ -45,6 +46,21 @@ log = logging.getLogger("gpufaas.gateway")
 
 MAX_BUNDLE_FILES = 64
 STATUS_NAMES = {s: s.name.lower() for s in InvocationStatus}
+
+# ---------------------------------------------------------------- JSON on the hot path
+# `_fr` is what json writes for a finite float (float.__repr__); the result bodies only hold finite ones.
+_fr = float.__repr__
+_json_str = json.encoder.encode_basestring_ascii  # the default (ensure_ascii) string encoding of json.dumps
+
+
+def _json_shape(wf: Any) -> tuple:
+    """The constant parts of a workflow's JSON result: (wf, ',"workflow":...,', [(stage index, '{"name":...,"start_ms":')],
+    exits), exits being the one exit stage's index, or [(index, encoded stage name)] for several."""
+    head = f',"workflow":{_json_str(wf.name)},'
+    stages = [(s.index, f'{{"name":{_json_str(s.name)},"function":{_json_str(s.function)},"start_ms":') for s in wf.stages]
+    ex = [s for s in wf.stages if not s.succs]
+    exits: Any = ex[0].index if len(ex) == 1 else [(s.index, _json_str(s.name)) for s in ex]
+    return wf, head, stages, exits
 
 
 class ApiError(Exception):
@@ -143,6 +159,7 @@ class Platform:
         self._timeout_task: asyncio.Task | None = None
         self.recovered = 0
         self.restore_errors: list[str] = []
+        self._shapes: dict[str, tuple] = {}  # workflow name -> (WorkflowRt, the constant parts of its JSON result)
         self.timeout_reason = f"timed out after {cfg.invocation_timeout_s:g} s (gateway invocation_timeout_s)"
 
     # ------------------------------------------------------------------ lifecycle
@@ -347,6 +364,42 @@ class Platform:
                 "slo_ms": (inv.deadline_ns - arr) / 1e6, "latency_ms": (end - arr) / 1e6, "stages": stages,
                 "output": output, "reason": inv.reason}
 
+    def result_json(self, inv: Invocation, inv_id: str) -> bytes:
+        """`result_of(inv, inv_id, False)` encoded as compact JSON, without building the dict first (the sync
+        invoke's answer; tests/test_gateway_api.py checks that both give the same document).
+
+        The constant parts of each workflow's body (names, stage headers) are encoded once per deployment;
+        numbers are written with `float.__repr__`, which is what `json` writes for finite floats."""
+        wf = inv.workflow
+        shape = self._shapes.get(wf.name)
+        if shape is None or shape[0] is not wf:
+            shape = self._shapes[wf.name] = _json_shape(wf)
+        _, head, stage_heads, exits = shape
+        arr = inv.arrival_ns
+        end = inv.finish_ns if inv.finish_ns >= 0 else self.clock.now_ns()
+        status = inv.status
+        parts = [f'{{"id":{_json_str(inv_id)}{head}"status":"{STATUS_NAMES[status]}","slo_met":{"true" if inv.slo_met else "false"},'
+                 f'"slo_ms":{_fr((inv.deadline_ns - arr) / 1e6)},"latency_ms":{_fr((end - arr) / 1e6)},"stages":[']
+        stage_ns = inv.stage_ns
+        if stage_ns is not None:
+            sep = ""
+            for idx, sh in stage_heads:
+                st, en = stage_ns[idx]
+                if en >= 0:
+                    parts.append(f'{sep}{sh}{_fr((st - arr) / 1e6)},"end_ms":{_fr((en - arr) / 1e6)}}}')
+                    sep = ","
+        outputs = inv.outputs
+        if status == InvocationStatus.COMPLETED and outputs is not None:
+            if type(exits) is int:
+                parts.append(f'],"output":{api.encode_output_json(outputs[exits])},"reason":')
+            else:
+                parts.append('],"output":{' + ",".join(f"{k}:{api.encode_output_json(outputs[i])}" for i, k in exits)
+                             + '},"reason":')
+        else:
+            parts.append('],"output":null,"reason":')
+        parts.append(_json_str(inv.reason) + "}")
+        return "".join(parts).encode()
+
     def record(self, inv: Invocation) -> None:
         """Metrics for one ended invocation."""
         self.metrics.invocation_done(inv.workflow.name, STATUS_NAMES[inv.status], (inv.finish_ns - inv.arrival_ns) / NS_PER_S, inv.slo_met)
@@ -354,15 +407,16 @@ class Platform:
     async def invoke(self, workflow: str, payload: Any, slo_ms: float | None) -> tuple[str, Invocation]:
         """Submit and wait for the end (the per-invocation timeout guarantees one)."""
         fut = asyncio.get_running_loop().create_future()
-
-        def done(inv: Invocation) -> None:
-            self.record(inv)
-            if not fut.done():
-                fut.set_result(None)
-
-        inv = self.ctl.submit(workflow, payload, slo_ms=slo_ms, on_done=done)
+        inv = self.ctl.submit(workflow, payload, slo_ms=slo_ms, on_done=functools.partial(self._sync_done, fut))
         await fut
         return self.next_id(), inv
+
+    def _sync_done(self, fut: asyncio.Future, inv: Invocation) -> None:
+        """on_done of a sync invocation: metrics, then wake the waiting handler (a bound method and a partial
+        instead of a closure per request)."""
+        self.record(inv)
+        if not fut.done():
+            fut.set_result(None)
 
     def invoke_async(self, workflow: str, payload: Any, slo_ms: float | None) -> str:
         """Record in the store, then submit; the result is stored when it ends. Returns the id."""
@@ -468,11 +522,28 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
 # ---------------------------------------------------------------- body helpers
 
 
+async def read_body(request: web.Request) -> bytes:
+    """The request body. HTTPRequestEntityTooLarge (413) above the app's client_max_size, as `request.read()`.
+
+    A body that has arrived whole (the usual small JSON request) is taken from the stream at once, without
+    the awaits of `request.read()`."""
+    content = request.content
+    if content.is_eof():
+        body = content.read_nowait()
+        limit = request.app[CFG].client_max_size
+        if len(body) > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
+        return body
+    return await request.read()
+
+
 async def read_doc(request: web.Request, *, allow_msgpack: bool = True, allow_yaml: bool = False) -> tuple[Any, bool]:
     """Read and decode the body: (document, is_msgpack). Empty body -> ({}, False). 400/413/415 on bad input."""
-    body = await request.read()  # HTTPRequestEntityTooLarge (413) above client_max_size
+    body = await read_body(request)
     if not body:
         return {}, False
+    if body == b"{}" and request.headers.get("Content-Type") == JSON:
+        return {}, False  # the common invoke body, without json.loads
     ctype = request.content_type
     if ctype == JSON or ctype.endswith("+json"):
         try:
@@ -498,7 +569,7 @@ async def read_doc(request: web.Request, *, allow_msgpack: bool = True, allow_ya
 def reply(doc: Any, binary: bool, status: int = 200) -> web.Response:
     if binary:
         return web.Response(body=msgpack.packb(doc, use_bin_type=True), status=status, content_type=MSGPACK)
-    return web.Response(body=json.dumps(doc, separators=(",", ":")).encode(), status=status, content_type=JSON)
+    return web.Response(body=api.json_compact(doc).encode(), status=status, content_type=JSON)
 
 
 def _not_found(kind: str, name: str, known: Any) -> ApiError:
@@ -649,24 +720,32 @@ _INVOKE_KEYS = frozenset(("data", "slo_ms"))
 async def invoke(request: web.Request) -> web.Response:
     """POST /v1/workflows/{name}/invoke: the hot path (no pydantic here; api.InvokeRequest documents it)."""
     plat = request.app[PLATFORM]
+    ctl = plat.ctl
     name = request.match_info["name"]
-    wf = plat.ctl.workflows.get(name)
+    wf = ctl.workflows.get(name)
     if wf is None:
-        raise _not_found("workflow", name, plat.ctl.workflows)
+        raise _not_found("workflow", name, ctl.workflows)
     doc, binary = await read_doc(request)
     if type(doc) is not dict:
         raise ApiError(400, "bad_request", "request body: expected an object {\"data\": ..., \"slo_ms\": ...}")
-    if doc and not _INVOKE_KEYS.issuperset(doc):
-        extra = sorted(set(doc) - _INVOKE_KEYS)
-        raise BadInput("invalid_request", f"request body: unknown field(s) {extra}; send only data and slo_ms")
-    query = request.query
-    slo_ms = api.parse_slo_ms(doc.get("slo_ms"))
-    if "slo_ms" in query:
-        slo_ms = api.parse_slo_ms(query["slo_ms"], "query slo_ms")
-    payload = _payload(plat, wf, doc.get("data"))
-    if not binary and MSGPACK in request.headers.get("Accept", ""):
-        binary = True
-    mode = query.get("mode", "sync")
+    slo_ms = payload = None
+    if doc:
+        if not _INVOKE_KEYS.issuperset(doc):
+            extra = sorted(set(doc) - _INVOKE_KEYS)
+            raise BadInput("invalid_request", f"request body: unknown field(s) {extra}; send only data and slo_ms")
+        slo_ms = api.parse_slo_ms(doc.get("slo_ms"))
+    mode = "sync"
+    if request.query_string:
+        query = request.query
+        if "slo_ms" in query:
+            slo_ms = api.parse_slo_ms(query["slo_ms"], "query slo_ms")
+        mode = query.get("mode", "sync")
+    if doc:
+        payload = _payload(plat, wf, doc.get("data"))
+    if not binary:
+        accept = request.headers.get("Accept")
+        if accept is not None and MSGPACK in accept:
+            binary = True
     if mode == "async":
         inv_id = plat.invoke_async(name, payload, slo_ms)
         loc = f"/v1/invocations/{inv_id}"
@@ -674,7 +753,9 @@ async def invoke(request: web.Request) -> web.Response:
     if mode != "sync":
         raise BadInput("invalid_request", f"query mode: {mode!r} is not a mode; use sync (default) or async")
     inv_id, inv = await plat.invoke(name, payload, slo_ms)
-    return reply(plat.result_of(inv, inv_id, binary), binary)
+    if binary:
+        return reply(plat.result_of(inv, inv_id, True), True)
+    return web.Response(body=plat.result_json(inv, inv_id), content_type=JSON)
 
 
 async def get_invocation(request: web.Request) -> web.Response:

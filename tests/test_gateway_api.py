@@ -205,3 +205,69 @@ async def test_stuck_invocation_times_out(aiohttp_client, tmp_path):
     assert 300 <= d["latency_ms"] < 5000
     u = await (await c.get("/v1/usage")).json()
     assert u["timed_out"] == 1
+
+
+async def test_sync_json_body_is_json_dumps_of_result_of(aiohttp_client, tmp_path):
+    """The sync invoke's JSON body is written without building the dict (Platform.result_json); it must be
+    byte for byte json.dumps(result_of(...)) in every case: one exit, several exits, ended early with a reason."""
+    import json
+
+    from gpufaas.gateway.app import PLATFORM
+
+    c = await aiohttp_client(create_app(make_cfg(tmp_path, policy="batch1-wholegpu")))
+    await deploy_chain(c)
+    r = await c.post("/v1/functions", json={"spec": fn_spec("mobilenet-v2"), "files": {"handler.py": "# test\n"}})
+    assert r.status == 201, await r.text()
+    two_exits = {"name": "two-exits", "slo_ms": 400, "stages": [
+        {"name": "pre", "function": "preprocess"}, {"name": "cls", "function": "resnet50", "after": ["pre"]},
+        {"name": "mob", "function": "mobilenet-v2", "after": ["pre"]}]}
+    assert (await c.post("/v1/workflows", json=two_exits)).status == 201
+    plat = c.server.app[PLATFORM]
+
+    def same(inv_id, inv):
+        want = json.dumps(plat.result_of(inv, inv_id, False), separators=(",", ":")).encode()
+        assert plat.result_json(inv, inv_id) == want
+
+    for wf, slo in (("image-classify", None), ("image-classify", 0.001), ("two-exits", 250.5)):
+        inv_id, inv = await plat.invoke(wf, None, slo)
+        assert inv.status.name == "COMPLETED"
+        same(inv_id, inv)
+    # ended before it ran, with a reason that json must escape
+    inv = plat.ctl.submit("two-exits", None)
+    plat.ctl.fail_invocation(inv, 'lost "payload" \\ caf\u00e9 \u2014 \n tab\t')
+    same("x-1", inv)
+    # the HTTP answer is that body
+    r = await c.post("/v1/workflows/two-exits/invoke", json={})
+    d = await r.json()
+    assert r.status == 200 and d["status"] == "completed" and set(d["output"]) == {"cls", "mob"}
+    assert [s["name"] for s in d["stages"]] == ["pre", "cls", "mob"] or [s["name"] for s in d["stages"]] == ["pre", "mob", "cls"]
+
+
+async def test_inproc_zero_time_batches_all_end_once_with_accounting(tmp_path):
+    """The inproc backend ends zero-time batches that the controller dispatches while others end in the same
+    callback (issue #6): every invocation still goes through the controller and ends exactly once, with one
+    batch each (batch1-wholegpu) and consistent GPU accounting."""
+    from gpufaas.gateway.app import Platform
+    from gpufaas.gateway.metrics import Metrics
+    from gpufaas.platform.specs import FunctionSpec, WorkflowSpec, parse
+
+    plat = Platform(make_cfg(tmp_path, zero_profile=True, policy="batch1-wholegpu"), Metrics())
+    await plat.start()
+    try:
+        await plat.deploy_function(parse(FunctionSpec, {"name": "zero", "model": "zero", "batch_sizes": [1, 2, 4, 8], "shares": [1.0],
+                                                        "outputs": {"y": {"dtype": "float32", "shape": [4]}}}, "t"), {})
+        plat.deploy_workflow(parse(WorkflowSpec, {"name": "zero-wf", "slo_ms": 1000, "stages": [{"name": "s", "function": "zero"}]}, "t"))
+        ctl = plat.ctl
+        await plat.invoke("zero-wf", None, None)  # the instance is warm
+        ended: list = []
+        invs = [ctl.submit("zero-wf", None, on_done=ended.append) for _ in range(200)]
+        for _ in range(1000):
+            if len(ended) == len(invs):
+                break
+            await asyncio.sleep(0.001)
+        assert sorted(i.id for i in ended) == sorted(i.id for i in invs)  # each exactly once
+        assert all(i.status.name == "COMPLETED" and i.outputs[0]["y"].shape == (4,) for i in invs)
+        assert ctl.acct.completed == 201 and ctl.acct.batches == 201 and not ctl.inflight and not ctl.jobs
+        ctl.check_invariants()
+    finally:
+        await plat.close()
