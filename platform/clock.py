@@ -8,6 +8,7 @@ time, simulator speed) and never feeds a decision.
 from __future__ import annotations
 
 import heapq
+import math
 import time
 from typing import Any, Callable, Protocol, runtime_checkable
 
@@ -96,21 +97,23 @@ class VirtualClock:
         heap = self._heap
         soon = self._soon
         pop = heapq.heappop
+        limit = math.inf if until_ns is None else until_ns
+        now = self._now_ns
         n = 0
         while heap or soon:
-            if soon and (not heap or heap[0][0] > self._now_ns):
+            if soon and (not heap or heap[0][0] > now):
                 batch = soon[:]
                 soon.clear()
                 for cb in batch:
                     cb()
                 continue
-            if until_ns is not None and heap[0][0] > until_ns:
+            if heap[0][0] > limit:
                 self._now_ns = until_ns
                 break
             when_ns, _, handle, callback, args = pop(heap)
             if handle is not None and handle.cancelled:
                 continue
-            self._now_ns = when_ns
+            self._now_ns = now = when_ns
             callback(*args)
             n += 1
         self.events_run += n

@@ -25,6 +25,12 @@ from gpufaas.platform.specs import ClusterSpec, FunctionSpec, WorkflowSpec
 from gpufaas.platform.views import ClusterView
 
 
+# NOTE: module-level aliases of the enum members the hot path compares against, about ten times per
+# job: a global read instead of a global read plus a class-attribute read.
+_STARTING, _IDLE, _BUSY, _STOPPED = InstanceState.STARTING, InstanceState.IDLE, InstanceState.BUSY, InstanceState.STOPPED
+_PENDING, _COMPLETED = InvocationStatus.PENDING, InvocationStatus.COMPLETED
+
+
 class PolicyPurityError(AssertionError):
     """A policy changed controller state through its view (raised only with check_purity=True)."""
 
@@ -62,8 +68,14 @@ class Controller:
         self.view = ClusterView(self)
         self._ids = itertools.count(1)
         self._pass_scheduled = False
+        self._pass_cb = self._pass  # bound once: requested up to once per event
         self._wake: Handle | None = None
         self._wake_at_ns: int | None = None
+        # the last pass's standing rules (Decisions.quiet_until_match, idle_pulls), until an event they
+        # did not cover
+        self._quiet = False
+        self._pull = False
+        self.queued_by_fn: dict[str, int] = {}  # jobs in the queues, per function
         # NOTE: a backend that sets `takes_not_before = True` (the sim backend) starts a batch at
         # batch.not_before_ns itself, which saves the simulator one event per batch whose inputs are in
         # transfer; live backends get the batch when its inputs have arrived.
@@ -90,6 +102,7 @@ class Controller:
         self.functions[spec.name] = fn
         self.instances_by_fn.setdefault(spec.name, [])
         self.idle_by_fn.setdefault(spec.name, {})
+        self.queued_by_fn.setdefault(spec.name, 0)
         self.starting_by_fn.setdefault(spec.name, 0)
         return fn
 
@@ -125,6 +138,7 @@ class Controller:
         del self.functions[name]
         self.instances_by_fn.pop(name, None)
         self.idle_by_fn.pop(name, None)
+        self.queued_by_fn.pop(name, None)
         self.starting_by_fn.pop(name, None)
 
     # ------------------------------------------------------------------ invocations
@@ -159,7 +173,10 @@ class Controller:
         self.jobs[job.id] = job
         if q.key not in self.ready_queues:
             self.ready_queues[q.key] = q
-        self._request_pass()
+        fname = q.function
+        self.queued_by_fn[fname] += 1
+        if not self._pass_scheduled and (not self._quiet or self.idle_by_fn[fname] or not self.instances_by_fn[fname]):
+            self._request_pass()
 
     def _unqueue(self, job: Job) -> None:
         q = job.queue
@@ -168,19 +185,21 @@ class Controller:
         else:
             q.jobs.remove(job)
         del self.jobs[job.id]
+        self.queued_by_fn[q.function] -= 1
         if not q.jobs:
             del self.ready_queues[q.key]
 
-    def _finish(self, inv: Invocation, status: InvocationStatus, reason: str = "") -> None:
-        if inv.status != InvocationStatus.PENDING:
+    def _finish(self, inv: Invocation, status: InvocationStatus, reason: str = "", now: int = -1) -> None:
+        if inv.status != _PENDING:
             return
-        now = self.clock.now_ns()
+        if now < 0:
+            now = self.clock.now_ns()
         inv.status = status
         inv.finish_ns = now
         inv.reason = reason
         acct = self.acct
-        hit = status == InvocationStatus.COMPLETED and now <= inv.deadline_ns
-        if status == InvocationStatus.COMPLETED:
+        hit = status == _COMPLETED and now <= inv.deadline_ns
+        if status == _COMPLETED:
             acct.completed += 1
             acct.latency_ms.add((now - inv.arrival_ns) / 1e6)
             if hit:
@@ -197,8 +216,10 @@ class Controller:
         pw[0] += 1
         pw[1] += hit
         del self.inflight[inv.id]
-        if status != InvocationStatus.COMPLETED:
-            # drop the invocation's other queued jobs (other branches of a fan-out)
+        if status != _COMPLETED:
+            # drop the invocation's other queued jobs (other branches of a fan-out); the queueing hints
+            # assumed those jobs were there
+            self._drop_rules()
             for s in inv.workflow.stages:
                 for j in [j for j in s.queue.jobs if j.inv is inv]:
                     self._unqueue(j)
@@ -221,7 +242,7 @@ class Controller:
     def _request_pass(self) -> None:
         if not self._pass_scheduled:
             self._pass_scheduled = True
-            self.clock.call_soon(self._pass)
+            self.clock.call_soon(self._pass_cb)
 
     def _pass(self) -> None:
         self._pass_scheduled = False
@@ -256,6 +277,8 @@ class Controller:
                         self._finish(job.inv, InvocationStatus.REJECTED, a.reason)
             else:
                 self.acct.refuse(f"unknown action: {a!r}")
+        self._quiet = decisions.quiet_until_match
+        self._pull = decisions.idle_pulls
         wake = decisions.wake_at_ns
         if wake == self._wake_at_ns:
             return  # the timer asked for is already set
@@ -269,6 +292,11 @@ class Controller:
             else:
                 self._wake = self.clock.call_at(wake, self._on_wake)
                 self._wake_at_ns = wake
+
+    def _drop_rules(self) -> None:
+        """Forget the last pass's standing rules: an event they did not cover happened."""
+        self._quiet = False
+        self._pull = False
 
     def _on_wake(self) -> None:
         self._wake = None
@@ -284,19 +312,21 @@ class Controller:
             self.acct.refuse(f"dispatch: batch of {len(job_ids)} exceeds the instance's max_batch {max_batch}")
             return None
         jobs = []
+        queued = self.jobs
+        fname = fn.name
         for jid in job_ids:
-            job = self.jobs.get(jid)
+            job = queued.get(jid)
             if job is None:
                 self.acct.refuse(f"dispatch: job {jid} is not queued")
                 return None
-            if job.stage.function != fn.name:
-                self.acct.refuse(f"dispatch: job {jid} is for function {job.stage.function}, not {fn.name}")
+            if job.stage.function != fname:
+                self.acct.refuse(f"dispatch: job {jid} is for function {job.stage.function}, not {fname}")
                 return None
             if job.excluded == inst_id:
                 self.acct.refuse(f"dispatch: job {jid} already failed on instance {inst_id}")
                 return None
             jobs.append(job)
-        if len(set(job_ids)) != len(job_ids):
+        if len(job_ids) > 1 and len(set(job_ids)) != len(job_ids):
             self.acct.refuse("dispatch: a job appears twice in one batch")
             return None
         for job in jobs:
@@ -304,11 +334,18 @@ class Controller:
         return jobs
 
     def _apply_dispatch(self, a: Dispatch) -> None:
-        inst = self.instances.get(a.instance_id)
+        job_ids, inst_id = a
+        inst = self.instances.get(inst_id)
         if inst is None or inst.stopping:
-            self.acct.refuse(f"dispatch: instance {a.instance_id} is not live")
+            self.acct.refuse(f"dispatch: instance {inst_id} is not live")
             return
-        jobs = self._take_jobs(a.job_ids, inst.function, inst.id, inst.max_batch)
+        if len(job_ids) == 1:  # the common case, checked inline; _take_jobs explains any refusal
+            job = self.jobs.get(job_ids[0])
+            if job is not None and job.stage.function == inst.function.name and job.excluded != inst_id:
+                self._unqueue(job)
+                self._dispatch(inst, [job])
+                return
+        jobs = self._take_jobs(job_ids, inst.function, inst_id, inst.max_batch)
         if jobs is not None:
             self._dispatch(inst, jobs)
 
@@ -362,12 +399,12 @@ class Controller:
         same node, network latency + bandwidth across nodes; the slowest predecessor decides."""
         worst = 0
         inv = job.inv
-        stages = inv.workflow.stages
+        out_gpu = inv.out_gpu
         for p in job.stage.preds:
-            src = inv.out_gpu[p]
+            src = out_gpu[p]
             if src is None or src is gpu:
                 continue
-            nbytes = self.functions[stages[p].function].output_bytes
+            nbytes = self.functions[inv.workflow.stages[p].function].output_bytes
             if src.node_index == gpu.node_index:
                 t = int(nbytes * self._ns_per_byte_host)
             else:
@@ -389,27 +426,28 @@ class Controller:
                 x = self.transfer_ns(job, inst.gpu)
                 if x > t:
                     t = x
-        batch.not_before_ns = now + t
-        if inst.state == InstanceState.IDLE and not inst.backlog:
-            self._run(inst, batch)
+        if t:
+            batch.not_before_ns = now + t
+        if inst.state == _IDLE and not inst.backlog:
+            self._run(inst, batch, now)
         else:
             inst.backlog.append(batch)
 
-    def _run(self, inst: Instance, batch: Batch) -> None:
-        if inst.state == InstanceState.IDLE:
+    def _run(self, inst: Instance, batch: Batch, now: int) -> None:
+        if inst.state == _IDLE:
             self.idle_by_fn[inst.function.name].pop(inst.id, None)
-        inst.state = InstanceState.BUSY
+        inst.state = _BUSY
         inst.current = batch
-        now = self.clock.now_ns()
         if batch.not_before_ns > now and not self._backend_waits:
             self.clock.call_at_fast(batch.not_before_ns, self._submit, inst, batch)
         else:
-            self._submit(inst, batch)
+            self._submit(inst, batch, now)
 
-    def _submit(self, inst: Instance, batch: Batch) -> None:
+    def _submit(self, inst: Instance, batch: Batch, now: int = -1) -> None:
         if inst.current is not batch:
             return  # the instance failed while the inputs were in transfer
-        now = self.clock.now_ns()
+        if now < 0:
+            now = self.clock.now_ns()
         batch.start_ns = batch.not_before_ns if batch.not_before_ns > now else now
         if self.live:
             self._fill_inputs(batch)
@@ -437,7 +475,7 @@ class Controller:
 
     def on_instance_ready(self, inst: Instance, info: dict | None = None) -> None:
         """Backend callback: the instance finished its cold start."""
-        if inst.state != InstanceState.STARTING:
+        if inst.state != _STARTING:
             return
         now = self.clock.now_ns()
         inst.ready_ns = now
@@ -445,9 +483,9 @@ class Controller:
         if info:
             inst.info = info
         self.starting_by_fn[inst.function.name] -= 1
-        inst.state = InstanceState.BUSY  # _next_or_idle decides: run the backlog, stop, or go idle
+        inst.state = _BUSY  # _next_or_idle decides: run the backlog, stop, or go idle
         self.capacity_epoch += 1
-        self._next_or_idle(inst)
+        self._next_or_idle(inst, now)
 
     def on_batch_done(self, inst: Instance, batch: Batch, outputs: list[Any] | None = None, error: str = "") -> None:
         """Backend callback: a batch finished (outputs per job, or an error for all of them)."""
@@ -458,8 +496,10 @@ class Controller:
         exec_ns = now - batch.start_ns
         batch.exec_ns = exec_ns
         acct = self.acct
-        acct.busy_unit_ns += exec_ns * inst.share_units / inst.gpu.share_units
-        acct.busy_usd += exec_ns * inst.share_units * inst.gpu.usd_per_unit_ns
+        gpu = inst.gpu
+        unit_ns = exec_ns * inst.share_units
+        acct.busy_unit_ns += unit_ns / gpu.share_units
+        acct.busy_usd += unit_ns * gpu.usd_per_unit_ns
         acct.batches += 1
         acct.batched_jobs += len(batch.jobs)
         inst.current = None
@@ -468,10 +508,9 @@ class Controller:
             for job in batch.jobs:
                 self._retry_or_fail(job, inst, error)
         else:
-            gpu = inst.gpu
             for i, job in enumerate(batch.jobs):
                 inv = job.inv
-                if inv.status != InvocationStatus.PENDING:
+                if inv.status != _PENDING:
                     continue
                 stage = job.stage
                 inv.out_gpu[stage.index] = gpu
@@ -481,18 +520,18 @@ class Controller:
                 if not stage.succs:
                     inv.exits_left -= 1
                     if inv.exits_left == 0:
-                        self._finish(inv, InvocationStatus.COMPLETED)
+                        self._finish(inv, _COMPLETED, "", now)
                 else:
                     waiting = inv.waiting
                     for s in stage.succs:
                         waiting[s] -= 1
                         if waiting[s] == 0:
                             self._enqueue(inv, inv.workflow.stages[s], now)
-        self._next_or_idle(inst)
+        self._next_or_idle(inst, now)
 
     def on_instance_failed(self, inst: Instance, reason: str) -> None:
         """Backend callback: the instance died (crash, hang, OOM). Its jobs are retried or failed."""
-        if inst.state == InstanceState.STOPPED:
+        if inst.state == _STOPPED:
             return
         batches = ([inst.current] if inst.current is not None else []) + list(inst.backlog)
         inst.current = None
@@ -506,7 +545,7 @@ class Controller:
 
     def _retry_or_fail(self, job: Job, inst: Instance, reason: str) -> None:
         inv = job.inv
-        if inv.status != InvocationStatus.PENDING:
+        if inv.status != _PENDING:
             return
         job.attempts += 1
         if job.attempts <= self.max_retries:
@@ -517,18 +556,19 @@ class Controller:
             self._finish(inv, InvocationStatus.FAILED,
                          f"stage '{job.stage.name}' failed after {job.attempts} attempt(s): {reason}")
 
-    def _next_or_idle(self, inst: Instance) -> None:
+    def _next_or_idle(self, inst: Instance, now: int = -1) -> None:
+        if now < 0:
+            now = self.clock.now_ns()
         if inst.backlog:
-            self._run(inst, inst.backlog.popleft())
+            self._run(inst, inst.backlog.popleft(), now)
             return
-        if inst.state == InstanceState.STARTING:
+        if inst.state == _STARTING:
             return
-        inst.state = InstanceState.IDLE
+        inst.state = _IDLE
         self.capacity_epoch += 1
         if inst.stopping:
             self._stop(inst)
             return
-        now = self.clock.now_ns()
         inst.idle_since_ns = now
         self.idle_by_fn[inst.function.name][inst.id] = inst
         # NOTE: at most one keep-alive timer per instance: armed when it goes idle with none armed, and when
@@ -538,14 +578,31 @@ class Controller:
             inst.expiry = True
             self.clock.call_at_fast(now + inst.function.keep_alive_ns, self._expire, inst)
         if self.ready_queues:
-            self._request_pass()
+            queued = self.queued_by_fn[inst.function.name]
+            if queued and self._pull and len(self.idle_by_fn[inst.function.name]) == 1 and self._pull_job(inst):
+                return
+            if queued or not self._quiet:
+                self._request_pass()
+
+    def _pull_job(self, inst: Instance) -> bool:
+        """Decisions.idle_pulls: give the idle `inst` the oldest queued job it may run. False if none."""
+        fname = inst.function.name
+        for q in self.ready_queues.values():
+            if q.function != fname:
+                continue
+            for job in q.jobs:
+                if job.excluded != inst.id:
+                    self._unqueue(job)
+                    self._dispatch(inst, [job])
+                    return True
+        return False
 
     def _expire(self, inst: Instance) -> None:
         inst.expiry = None
-        if inst.state == InstanceState.STOPPED:
+        if inst.state == _STOPPED:
             return
         now = self.clock.now_ns()
-        if inst.state != InstanceState.IDLE or inst.backlog:
+        if inst.state != _IDLE or inst.backlog:
             return  # busy: _next_or_idle arms the timer again when the instance next goes idle
         due = inst.idle_since_ns + inst.function.keep_alive_ns
         if now >= due:
@@ -555,9 +612,9 @@ class Controller:
         self.clock.call_at_fast(due, self._expire, inst)
 
     def _stop(self, inst: Instance) -> None:
-        if inst.state == InstanceState.STOPPED:
+        if inst.state == _STOPPED:
             return
-        if inst.state == InstanceState.BUSY or inst.backlog:
+        if inst.state == _BUSY or inst.backlog:
             inst.stopping = True
             self.idle_by_fn[inst.function.name].pop(inst.id, None)
             return
@@ -567,10 +624,10 @@ class Controller:
 
     def _release(self, inst: Instance) -> None:
         now = self.clock.now_ns()
-        if inst.state == InstanceState.STARTING:
+        if inst.state == _STARTING:
             self.starting_by_fn[inst.function.name] -= 1
         self.idle_by_fn[inst.function.name].pop(inst.id, None)
-        inst.state = InstanceState.STOPPED
+        inst.state = _STOPPED
         self.capacity_epoch += 1
         gpu = inst.gpu
         gpu.free_units += inst.share_units
@@ -582,6 +639,7 @@ class Controller:
         self.acct.allocated_unit_ns += life * inst.share_units / gpu.share_units
         self.acct.allocated_usd += life * inst.share_units * gpu.usd_per_unit_ns
         self.backend.stop(inst)
+        self._drop_rules()
         if self.ready_queues:
             self._request_pass()
 
@@ -614,7 +672,7 @@ class Controller:
             assert abs(g.free_mb - (g.memory_mb - mem)) < 1e-6, f"GPU {g.id} memory accounting drifted"
         for fname, idle in self.idle_by_fn.items():
             expect = {i.id for i in self.instances_by_fn[fname]
-                      if i.state == InstanceState.IDLE and not i.stopping and not i.backlog}
+                      if i.state == _IDLE and not i.stopping and not i.backlog}
             assert set(idle) == expect, f"idle set of {fname} drifted: {sorted(idle)} vs {sorted(expect)}"
-            starting = sum(1 for i in self.instances_by_fn[fname] if i.state == InstanceState.STARTING)
+            starting = sum(1 for i in self.instances_by_fn[fname] if i.state == _STARTING)
             assert self.starting_by_fn[fname] == starting, f"starting count of {fname} drifted"

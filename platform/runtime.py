@@ -122,7 +122,8 @@ class StageRt:
 class WorkflowRt:
     """A deployed workflow: stages in topological order with predecessor/successor indices."""
 
-    __slots__ = ("name", "spec", "stages", "by_name", "entries", "num_exits", "slo_ns", "tenant", "priority", "graph")
+    __slots__ = ("name", "spec", "stages", "by_name", "entries", "num_exits", "slo_ns", "tenant", "priority", "graph",
+                 "pred_counts")
 
     def __init__(self, spec: WorkflowSpec, functions: dict[str, FunctionRt]) -> None:
         import networkx as nx
@@ -146,6 +147,7 @@ class WorkflowRt:
             s.preds = tuple(self.by_name[p].index for p in g.predecessors(s.name))
             s.succs = tuple(sorted(self.by_name[c].index for c in g.successors(s.name)))
         self.entries = tuple(s.index for s in self.stages if not s.preds)
+        self.pred_counts = [len(s.preds) for s in self.stages]  # copied into each Invocation.waiting
         self.num_exits = sum(1 for s in self.stages if not s.succs)
 
 
@@ -163,7 +165,7 @@ class Invocation:
         self.priority = workflow.priority
         self.arrival_ns = arrival_ns
         self.deadline_ns = arrival_ns + slo_ns
-        self.waiting = [len(s.preds) for s in workflow.stages]  # predecessors not yet done, per stage
+        self.waiting = workflow.pred_counts[:]  # predecessors not yet done, per stage
         self.exits_left = workflow.num_exits
         self.status = InvocationStatus.PENDING
         self.finish_ns = -1
@@ -221,12 +223,14 @@ class AfwQueue:
 
     def note_arrival(self, now_ns: int) -> None:
         """Called by the controller when a job joins the queue: updates the arrival-rate estimate."""
-        if self.last_arrival_ns >= 0:
-            gap_s = max(now_ns - self.last_arrival_ns, 1) / NS_PER_S
-            self.gap_ewma_s = gap_s if self.arrivals == 1 else (1 - self.ALPHA) * self.gap_ewma_s + self.ALPHA * gap_s
-            self.rate_per_s = 1.0 / self.gap_ewma_s
+        last = self.last_arrival_ns
         self.last_arrival_ns = now_ns
         self.arrivals += 1
+        if last >= 0:
+            gap_s = (now_ns - last or 1) / NS_PER_S
+            g = gap_s if self.arrivals == 2 else (1 - self.ALPHA) * self.gap_ewma_s + self.ALPHA * gap_s
+            self.gap_ewma_s = g
+            self.rate_per_s = 1.0 / g
 
 
 class Batch:
@@ -251,7 +255,8 @@ class Instance:
     """A function container on one GPU with a fixed share. Memory is reserved for `max_batch` items."""
 
     __slots__ = ("id", "function", "gpu", "share_units", "max_batch", "memory_mb", "state", "start_ns", "ready_ns",
-                 "idle_since_ns", "backlog", "current", "expiry", "stopping", "batches_run", "cold_start_ns", "info")
+                 "idle_since_ns", "backlog", "current", "expiry", "stopping", "batches_run", "cold_start_ns", "info",
+                 "_lat_ns")
 
     def __init__(self, inst_id: int, function: FunctionRt, gpu: Gpu, share_units: int, max_batch: int, memory_mb: float, now_ns: int) -> None:
         self.id = inst_id
@@ -271,6 +276,7 @@ class Instance:
         self.batches_run = 0
         self.cold_start_ns = 0
         self.info: dict = {}
+        self._lat_ns: list[int | None] = [None] * (max_batch + 1)  # batch_latency_ns by batch size
 
     @property
     def share(self) -> float:
@@ -278,9 +284,14 @@ class Instance:
 
     def batch_latency_ns(self, batch_size: int) -> int:
         """Profiled execution time of a batch of `batch_size` on this instance's GPU type and share.
-        Every backend that emulates or simulates GPU time (sim, inproc, process, docker, ray) uses it."""
-        gpu = self.gpu
-        return self.function.latency_ns(gpu.type_name, batch_size, self.share_units, gpu.share_units)
+        Every backend that emulates or simulates GPU time (sim, inproc, process, docker, ray) uses it.
+        NOTE: memoized per instance (sound: its GPU type, share and the profile never change)."""
+        v = self._lat_ns[batch_size]
+        if v is None:
+            gpu = self.gpu
+            v = self._lat_ns[batch_size] = self.function.latency_ns(gpu.type_name, batch_size, self.share_units,
+                                                                      gpu.share_units)
+        return v
 
     def __repr__(self) -> str:
         return f"Instance({self.id} {self.function.name} gpu={self.gpu.id} units={self.share_units} {self.state.name})"

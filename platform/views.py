@@ -22,10 +22,15 @@ class ClusterView:
     Who builds it: the `Controller` (one per controller, reused). Who reads it: `Policy.schedule`.
     """
 
-    __slots__ = ("_ctl",)
+    __slots__ = ("_ctl", "idle_by_function", "instances_by_function")
 
     def __init__(self, controller) -> None:
         self._ctl = controller
+        # NOTE: a plain attribute, not a property: the hot loop of a policy reads it once per queue.
+        self.idle_by_function: Mapping[str, Mapping[int, Instance]] = controller.idle_by_fn
+        """Per deployed function, its idle instances by id, longest idle first (see `idle_instances`)."""
+        self.instances_by_function: Mapping[str, list[Instance]] = controller.instances_by_fn
+        """Per deployed function, its live instances, oldest first (see `instances`)."""
 
     @property
     def now_ns(self) -> int:

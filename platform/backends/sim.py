@@ -23,6 +23,7 @@ class SimBackend:
 
     def bind(self, controller: Any) -> None:
         self.ctl = controller
+        self._batch_done = controller.on_batch_done  # bound once: submit runs once per batch
 
     def start(self, inst: Instance) -> None:
         t = self.ctl.cold_start_ns(inst.function, inst.gpu)
@@ -30,7 +31,7 @@ class SimBackend:
 
     def submit(self, inst: Instance, batch: Batch) -> None:
         t = inst.batch_latency_ns(len(batch.jobs))
-        self.clock.call_at_fast(batch.start_ns + t, self.ctl.on_batch_done, inst, batch)
+        self.clock.call_at_fast(batch.start_ns + t, self._batch_done, inst, batch)
 
     def stop(self, inst: Instance) -> None:
         pass

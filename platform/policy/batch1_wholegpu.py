@@ -13,7 +13,8 @@ awareness: the floor every other policy is compared against.
 from __future__ import annotations
 
 import math
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Mapping
 
 from gpufaas.platform.decisions import Decisions, Dispatch, Start, Stop
 from gpufaas.platform.runtime import InstanceState
@@ -32,33 +33,43 @@ class Batch1WholeGpu:
     def schedule(self, view: ClusterView, now_ns: int, state: Any) -> tuple[Decisions, Any]:
         actions: list = []
         used: set[int] = set()  # instances stopped or given work in this pass: not eviction victims
-        backlog: dict[str, int] = {}
+        taken: dict[str, int] = {}  # jobs dispatched per function in this pass
+        orphaned = False  # some function has queued jobs and no instance at all
+        idle_by = view.idle_by_function
+        instances_by = view.instances_by_function
         for q in view.ready_queues():
             fname = q.function
-            idle_view = view.idle_instances(fname)
-            if not idle_view:
-                backlog[fname] = backlog.get(fname, 0) + len(q.jobs)
+            idle = idle_by[fname]
+            if not idle:
+                if not orphaned and not instances_by[fname]:
+                    orphaned = True
                 continue
-            idle = [i for i in idle_view if i.id not in used]
-            k = 0
-            for job in q.jobs:
-                if k >= len(idle):
+            jobs = q.jobs
+            j = 0  # jobs[:j] are dispatched or skipped; each idle instance takes the next one it may run
+            for inst in idle.values():
+                if inst.id in used:
+                    continue  # took a job of another workflow's queue for the same function
+                while j < len(jobs) and jobs[j].excluded == inst.id:
+                    j += 1  # a retry may not go back to the instance it failed on
+                if j == len(jobs):
                     break
-                inst = idle[k]
-                if inst.id == job.excluded:
-                    continue
-                k += 1
                 used.add(inst.id)
-                actions.append(Dispatch((job.id,), inst.id))
-            backlog[fname] = backlog.get(fname, 0) + len(q.jobs) - k
+                actions.append(Dispatch((jobs[j].id,), inst.id))
+                taken[fname] = taken.get(fname, 0) + 1
+                j += 1
         reserved_in, next_scale_ns = state
         # NOTE: scale-out runs on an autoscaler tick (Knative evaluates every 2 s; we use 100 ms), or at
-        # once for a function with no instance at all; between ticks a pass only dispatches to warm ones
-        # (the common case, kept to the loop above).
-        if now_ns < next_scale_ns and all(w <= 0 or view.instances(f) for f, w in backlog.items()):
-            if reserved_in:
-                reserved_in = {g: f for g, f in reserved_in.items() if backlog.get(f, 0) > 0 and not view.instances(f)}
-            return Decisions(tuple(actions), wake_at_ns=next_scale_ns), (reserved_in, next_scale_ns)
+        # once for a function with no instance at all; between ticks a pass only dispatches queued jobs
+        # to idle instances in FIFO order (the common case, kept to the loop above), which is what the
+        # standing rules Decisions.quiet_until_match and idle_pulls promise the controller. A reservation
+        # is for a function with queued jobs and no instance, so none survives this branch.
+        if now_ns < next_scale_ns and not orphaned:
+            return Decisions(tuple(actions), next_scale_ns, True, True), (_NO_RESERVATIONS, next_scale_ns)
+        backlog: dict[str, int] = {}
+        for q in view.ready_queues():
+            backlog[q.function] = backlog.get(q.function, 0) + len(q.jobs)
+        for fname, k in taken.items():
+            backlog[fname] -= k
         # a reservation lives while its function still has a backlog and no instance
         reserved = {g: f for g, f in reserved_in.items() if backlog.get(f, 0) > 0 and not view.instances(f)}
         short = [f for f, w in backlog.items() if w > 0 and w > _starting(view, f)]
@@ -97,7 +108,7 @@ class Batch1WholeGpu:
                         gpu = victim.gpu
                     else:
                         if not live and not starting and fname not in reserved.values():
-                            drain = _drain_victim(view, fname, used, backlog)
+                            drain = _drain_victim(view, fname, used, backlog, now_ns)
                             if drain is not None:
                                 used.add(drain.id)
                                 actions.append(Stop(drain.id))  # frees its GPU after the current batch
@@ -113,6 +124,7 @@ class Batch1WholeGpu:
 # 0.7 being Knative's default target utilisation; at least one while there is a backlog.
 TARGET_UTILISATION = 0.7
 SCALE_TICK_NS = 100_000_000
+_NO_RESERVATIONS: Mapping[int, str] = MappingProxyType({})
 
 
 def _desired(view: ClusterView) -> dict[str, int]:
@@ -120,12 +132,14 @@ def _desired(view: ClusterView) -> dict[str, int]:
     rate: dict[str, float] = {}
     for wf in view.workflows.values():
         for st in wf.stages:
-            rate[st.function] = rate.get(st.function, 0.0) + st.queue.rate_per_s
+            f = st.function
+            rate[f] = rate.get(f, 0.0) + st.queue.rate_per_s
+    g = view.gpus[0]
+    type_name, units = g.type_name, g.share_units
+    functions = view.functions
     out = {}
     for fname, r in rate.items():
-        fn = view.functions[fname]
-        g = view.gpus[0]
-        svc_s = fn.latency_ns(g.type_name, 1, g.share_units, g.share_units) / 1e9
+        svc_s = functions[fname].latency_ns(type_name, 1, units, units) / 1e9
         out[fname] = max(1, math.ceil(r * svc_s / TARGET_UTILISATION))
     return out
 
@@ -148,15 +162,17 @@ def _eviction_candidates(view: ClusterView, want: dict[str, int]) -> list:
     return out
 
 
-def _drain_victim(view: ClusterView, function: str, exclude: set[int], backlog: dict[str, int]):
+def _drain_victim(view: ClusterView, function: str, exclude: set[int], backlog: dict[str, int], now_ns: int):
     """A busy instance to drain for a function that has none: from the function with no backlog if any,
-    else from the one with the most instances. None if there is no busy instance to take."""
+    else from the one with the most instances. None if there is no busy instance to take. An instance
+    given its batch in this instant (by this pass, or by the idle-pull rule) is spared."""
     best = None
     best_key = None
     for fname in view.functions:
         if fname == function:
             continue
-        busy = [i for i in view.instances(fname) if i.state == InstanceState.BUSY and not i.stopping and i.id not in exclude]
+        busy = [i for i in view.instances(fname) if i.state == InstanceState.BUSY and not i.stopping and i.id not in exclude
+                and (i.current is None or i.current.dispatch_ns != now_ns)]
         if not busy:
             continue
         key = (backlog.get(fname, 0) <= 0, len(view.instances(fname)))
