@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 
 from gpufaas.platform.runtime import AfwQueue, FunctionRt, Gpu, Instance, InstanceState, Job, WorkflowRt
+from gpufaas.platform.specs import NetworkSpec
 
 
 class ClusterView:
@@ -40,6 +41,11 @@ class ClusterView:
     def capacity_epoch(self) -> int:
         """Changes whenever an instance starts, becomes ready, goes idle or stops."""
         return self._ctl.capacity_epoch
+
+    @property
+    def network(self) -> NetworkSpec:
+        """The cluster's interconnect: host and network bandwidth, network latency."""
+        return self._ctl.cluster.network
 
     @property
     def gpus(self) -> list[Gpu]:

@@ -24,7 +24,7 @@ def test_registered_with_checked_parameters():
         make_policy("esg", nope=1)
     with pytest.raises(UserError, match="host_gbps must be a finite number >= 0"):
         make_policy("esg", host_gbps=-1)
-    assert make_policy("esg", host_gbps=0).host_ns_per_byte == 0.0
+    assert make_policy("esg", host_gbps=0).host_gbps == 0.0 and make_policy("esg").host_gbps is None
 
 
 def test_transfer_estimates_follow_output_size_and_bandwidth():

@@ -36,11 +36,9 @@ from gpufaas.platform.policy.dispatch import NEW, Capacity
 from gpufaas.platform.policy.slo import SloPlan, critical_path_ns, make_plan, stage_budget_ns
 from gpufaas.platform.profiles import LatencyTable
 from gpufaas.platform.runtime import AfwQueue, FunctionRt, InstanceState, WorkflowRt
-from gpufaas.platform.specs import NetworkSpec
 from gpufaas.platform.views import ClusterView
 
 NS_PER_S = 1_000_000_000
-DEFAULT_HOST_GBPS = NetworkSpec.model_fields["host_gbps"].default
 
 
 @lru_cache(maxsize=512)
@@ -84,27 +82,28 @@ class EsgPolicy:
     - `slack`: fraction of each budget held back for prediction error (arrival bursts, cross-node transfers);
     - `idle_stop_s`: an idle instance beyond one per function is stopped after this long;
     - `eager_scale`: also start one more instance when a feasible choice has to queue behind a busy one;
-    - `host_gbps`: the bandwidth assumed for the input transfers of a segment's later stages (0: leave
-      them out); the root stage's transfer is the controller's own figure for its placement.
+    - `host_gbps`: the bandwidth assumed for the input transfers of a segment's later stages (default:
+      the cluster's host bandwidth; 0: leave them out); the root stage's transfer is the controller's
+      own figure for its placement.
     """
 
     name = "esg"
 
     def __init__(self, epsilon: float = 0.05, slack: float = 0.1, idle_stop_s: float = 10.0, eager_scale: bool = False,
-                 host_gbps: float = DEFAULT_HOST_GBPS) -> None:
+                 host_gbps: float | None = None) -> None:
         if not (epsilon >= 0 and math.isfinite(epsilon)):
             raise UserError(f"policy esg: epsilon must be a finite number >= 0 (0 = exact), got {epsilon}")
         if not 0 <= slack < 1:
             raise UserError(f"policy esg: slack must be a fraction in [0, 1), got {slack}")
         if idle_stop_s < 0:
             raise UserError(f"policy esg: idle_stop_s must be >= 0 seconds, got {idle_stop_s}")
-        if not (host_gbps >= 0 and math.isfinite(host_gbps)):
+        if host_gbps is not None and not (host_gbps >= 0 and math.isfinite(host_gbps)):
             raise UserError(f"policy esg: host_gbps must be a finite number >= 0 (0 = no transfer estimate), got {host_gbps}")
         self.epsilon = float(epsilon)
         self.slack = float(slack)
         self.idle_stop_ns = int(idle_stop_s * NS_PER_S)
         self.eager_scale = bool(eager_scale)
-        self.host_ns_per_byte = 8.0 / host_gbps if host_gbps > 0 else 0.0
+        self.host_gbps = None if host_gbps is None else float(host_gbps)
 
     # NOTE: esg and oracle differ only here: the same tables, budgets and placement, another search.
     def search(self, problem: list[S.StageTable], budget_ns: int) -> S.Result:
@@ -400,7 +399,8 @@ class EsgPolicy:
     def _memo(self, view: ClusterView, wf: WorkflowRt, state: dict) -> _WfMemo:
         m = state["wf"].get(wf.name)
         if m is None or m.wf is not wf:
-            m = state["wf"][wf.name] = build_memo(view, wf, self.search, self.host_ns_per_byte)
+            gbps = view.network.host_gbps if self.host_gbps is None else self.host_gbps
+            m = state["wf"][wf.name] = build_memo(view, wf, self.search, 8.0 / gbps if gbps > 0 else 0.0)
         return m
 
 
@@ -460,7 +460,7 @@ def transfer_estimates_ns(view: ClusterView, wf: WorkflowRt, host_ns_per_byte: f
     charges nothing on the same GPU, host bandwidth on one node and network latency + bandwidth across
     nodes (`Controller.transfer_ns`). Across nodes this underestimates; dispatch prefers the GPU and then
     the node that holds the inputs, so that is the rare case. The bandwidth is the policy's `host_gbps`
-    (the view does not expose the cluster's network). Per job, not per batch: the controller moves each
+    (by default the cluster's). Per job, not per batch: the controller moves each
     job's inputs on its own and a batch waits for the slowest."""
     out = []
     for s in wf.stages:
