@@ -570,7 +570,9 @@ class Controller:
             self._stop(inst)
             return
         inst.idle_since_ns = now
-        self.idle_by_fn[inst.function.name][inst.id] = inst
+        fname = inst.function.name
+        idle = self.idle_by_fn[fname]
+        idle[inst.id] = inst
         # NOTE: at most one keep-alive timer per instance: armed when it goes idle with none armed, and when
         # it fires on an instance that worked since, re-armed for idle_since + keep-alive (see _expire). No
         # timer is set or cancelled per batch on the hot path.
@@ -578,10 +580,11 @@ class Controller:
             inst.expiry = True
             self.clock.call_at_fast(now + inst.function.keep_alive_ns, self._expire, inst)
         if self.ready_queues:
-            queued = self.queued_by_fn[inst.function.name]
-            if queued and self._pull and len(self.idle_by_fn[inst.function.name]) == 1 and self._pull_job(inst):
+            queued = self.queued_by_fn[fname]
+            # Decisions.idle_pulls, unless a longer-idle instance of the function is first in line
+            if queued and self._pull and len(idle) == 1 and self._pull_job(inst):
                 return
-            if queued or not self._quiet:
+            if queued or not self._quiet:  # Decisions.quiet_until_match
                 self._request_pass()
 
     def _pull_job(self, inst: Instance) -> bool:
