@@ -18,7 +18,7 @@ class OraclePolicy(EsgPolicy):
 
     name = "oracle"
 
-    def __init__(self, slack: float = 0.1, idle_stop_s: float = 10.0) -> None:
+    def __init__(self, slack: float = 0.1, idle_stop_s: float = 2.0) -> None:
         super().__init__(epsilon=0.0, slack=slack, idle_stop_s=idle_stop_s)
 
     def search(self, problem: list[S.StageTable], budget_ns: int) -> S.Result:
