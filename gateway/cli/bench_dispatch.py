@@ -13,7 +13,6 @@ function named by `--function` (its real bundle from functions/). Prints figures
 from __future__ import annotations
 
 import asyncio
-import statistics
 import tempfile
 from pathlib import Path
 
@@ -24,26 +23,20 @@ from gpufaas.gateway.cli.bench import emit
 FUNCTIONS = Path(__file__).resolve().parents[2] / "functions"
 
 
-def _q(xs: list[int], p: float) -> float:
-    return round(xs[min(len(xs) - 1, int(p * len(xs)))] / 1e6, 4)
-
-
 async def measure_process(num_warm: int = 300, execute: str = "emulated", function: str = "aggregator") -> dict:
     """Cold start and warm round trips of the process backend; returns the `bench dispatch` JSON.
     Who calls it: the `dispatch` command and the tests. Starts and stops its own workers."""
     import yaml
 
+    from gpufaas.platform.backends.dispatch_probe import BENCH_CLUSTER, cold_then_warm, report
     from gpufaas.platform.backends.process import ProcessBackend
-    from gpufaas.platform.clock import LoopClock, perf_ns
+    from gpufaas.platform.clock import LoopClock
     from gpufaas.platform.controller import Controller
-    from gpufaas.platform.errors import UserError
     from gpufaas.platform.policy.registry import builtin_registry
     from gpufaas.platform.profiles import Profiles, zero_profile
     from gpufaas.platform.specs import ClusterSpec, FunctionSpec, WorkflowSpec, load_yaml
 
-    cluster = ClusterSpec.model_validate({
-        "gpu_types": [{"name": "A100-80GB", "memory_mb": 81920, "price_per_hour_usd": 5.12, "share_units": 10}],
-        "nodes": [{"name": "node-0", "gpu_type": "A100-80GB", "gpus": 1}]})
+    cluster = ClusterSpec.model_validate(BENCH_CLUSTER)
     profiles = Profiles.shipped()
     profiles.add(zero_profile("zero", "A100-80GB"))
     with tempfile.TemporaryDirectory(prefix="gpufaas-bench-") as tmp:
@@ -63,36 +56,13 @@ async def measure_process(num_warm: int = 300, execute: str = "emulated", functi
         ctl = Controller(cluster, profiles, builtin_registry().make("batch1-wholegpu"), backend, clock, live=True, keep_alive_s=600)
         ctl.deploy_function(spec)
         ctl.deploy_workflow(wf)
-        loop = asyncio.get_running_loop()
-
-        async def one() -> object:
-            fut = loop.create_future()
-            ctl.submit("bench", None, on_done=lambda inv: fut.done() or fut.set_result(inv))
-            return await asyncio.wait_for(fut, 300)
-
         try:
-            first = await one()
-            if first.status.name != "COMPLETED":
-                raise UserError(f"bench dispatch: the cold-start invocation failed: {first.reason}")
-            inst = next(iter(ctl.instances.values()))
-            cold = {k: inst.info[k] for k in ("spawn", "imports", "model_build", "first_batch", "total")}
-            backend.round_trips_ns.clear()
-            e2e: list[int] = []
-            for _ in range(num_warm):
-                t0 = perf_ns()
-                inv = await one()
-                e2e.append(perf_ns() - t0)
-                if inv.status.name != "COMPLETED":
-                    raise UserError(f"bench dispatch: a warm invocation failed: {inv.reason}")
+            inst, e2e_ns = await cold_then_warm(ctl, "bench", num_warm)
         finally:
             ctl.shutdown()
             await backend.aclose()
-    rt = sorted(backend.round_trips_ns)
-    e2e.sort()
-    return {"backend": "process", "execute": execute, "function": spec.name, "num_warm": num_warm,
-            "warm_rtt_ms": {"p50": _q(rt, 0.5), "p99": _q(rt, 0.99), "mean": round(statistics.fmean(rt) / 1e6, 4)},
-            "invocation_rtt_ms": {"p50": _q(e2e, 0.5), "p99": _q(e2e, 0.99)},
-            "cold_start_ms": cold}
+    cold = {k: inst.info[k] for k in ("spawn", "imports", "model_build", "first_batch", "total")}
+    return report("process", execute, spec.name, backend.round_trips_ns, e2e_ns, cold)
 
 
 @click.command("dispatch")

@@ -559,17 +559,14 @@ async def measure_dispatch(backend: Any, *, num_warm: int = 300, prepare: bool =
     back. With `prepare`, calls the backend's `prepare()` (the ray backend's with the cluster) first.
     Who calls it: gateway/cli/bench_dispatch.py and the tests; the caller closes the backend.
     """
-    import statistics
-
+    from gpufaas.platform.backends.dispatch_probe import BENCH_CLUSTER, cold_then_warm, report
     from gpufaas.platform.clock import LoopClock
     from gpufaas.platform.controller import Controller
     from gpufaas.platform.policy.registry import builtin_registry
     from gpufaas.platform.profiles import Profiles
     from gpufaas.platform.specs import ClusterSpec, FunctionSpec, WorkflowSpec
 
-    cluster = ClusterSpec.model_validate({
-        "gpu_types": [{"name": "A100-80GB", "memory_mb": 81920, "price_per_hour_usd": 5.12, "share_units": 10}],
-        "nodes": [{"name": "node-0", "gpu_type": "A100-80GB", "gpus": 1}]})
+    cluster = ClusterSpec.model_validate(BENCH_CLUSTER)
     fn = FunctionSpec.model_validate({"name": "bench-echo", "model": "preprocess", "batch_sizes": [1], "shares": [1.0],
                                       "outputs": {"y": {"dtype": "float32", "shape": [16]}}})
     wf = WorkflowSpec.model_validate({"name": "bench", "slo_ms": 60_000, "stages": [{"name": "echo", "function": "bench-echo"}]})
@@ -586,35 +583,9 @@ async def measure_dispatch(backend: Any, *, num_warm: int = 300, prepare: bool =
         await loop.run_in_executor(None, backend.prepare_function, fn)
     ctl.deploy_function(fn)
     ctl.deploy_workflow(wf)
-
-    async def one() -> Any:
-        fut = loop.create_future()
-        ctl.submit("bench", None, on_done=lambda inv: fut.done() or fut.set_result(inv))
-        return await asyncio.wait_for(fut, 300)
-
     try:
-        first = await one()
-        if first.status.name != "COMPLETED":
-            raise UserError(f"bench dispatch: the cold-start invocation failed: {first.reason}")
-        inst = next(iter(ctl.instances.values()))
-        cold = {k: v for k, v in inst.info.items() if k.endswith("_ms")}
-        backend.round_trips_ns.clear()
-        e2e_ns = []
-        for i in range(num_warm):
-            t0 = perf_ns()
-            inv = await one()
-            e2e_ns.append(perf_ns() - t0)
-            if inv.status.name != "COMPLETED":
-                raise UserError(f"bench dispatch: warm invocation {i} failed: {inv.reason}")
+        inst, e2e_ns = await cold_then_warm(ctl, "bench", num_warm)
     finally:
         ctl.shutdown()
-    rt = sorted(backend.round_trips_ns)
-    e2e_ns.sort()
-
-    def q(xs: list[int], p: float) -> float:
-        return round(xs[min(len(xs) - 1, int(p * len(xs)))] / 1e6, 4)
-
-    return {"backend": backend.name, "execute": "emulated", "function": fn.name, "num_warm": num_warm,
-            "warm_rtt_ms": {"p50": q(rt, 0.5), "p99": q(rt, 0.99), "mean": round(statistics.fmean(rt) / 1e6, 4)},
-            "invocation_rtt_ms": {"p50": q(e2e_ns, 0.5), "p99": q(e2e_ns, 0.99)},
-            "cold_start_ms": cold}
+    cold = {k: v for k, v in inst.info.items() if k.endswith("_ms")}
+    return report(backend.name, "emulated", fn.name, backend.round_trips_ns, e2e_ns, cold)
