@@ -632,16 +632,21 @@ async def get_function(request: web.Request) -> web.Response:
                               "files": plat.files.get(name, []), "instances": insts, "used_by": used_by})
 
 
-async def delete_function(request: web.Request) -> web.Response:
-    plat = request.app[PLATFORM]
+def _remove(request: web.Request, kind: str, deployed: Any, remove: Any) -> web.Response:
+    """DELETE of a function or workflow: 404 if `deployed` lacks it, 409 if `remove` refuses (in use)."""
     name = request.match_info["name"]
-    if name not in plat.ctl.functions:
-        raise _not_found("function", name, plat.ctl.functions)
+    if name not in deployed:
+        raise _not_found(kind, name, deployed)
     try:
-        plat.remove_function(name)
+        remove(name)
     except UserError as e:
         raise ApiError(409, "conflict", str(e)) from None
-    return web.json_response({"name": name, "kind": "function", "result": "removed"})
+    return web.json_response({"name": name, "kind": kind, "result": "removed"})
+
+
+async def delete_function(request: web.Request) -> web.Response:
+    plat = request.app[PLATFORM]
+    return _remove(request, "function", plat.ctl.functions, plat.remove_function)
 
 
 async def post_workflow(request: web.Request) -> web.Response:
@@ -676,14 +681,7 @@ async def get_workflow(request: web.Request) -> web.Response:
 
 async def delete_workflow(request: web.Request) -> web.Response:
     plat = request.app[PLATFORM]
-    name = request.match_info["name"]
-    if name not in plat.ctl.workflows:
-        raise _not_found("workflow", name, plat.ctl.workflows)
-    try:
-        plat.remove_workflow(name)
-    except UserError as e:
-        raise ApiError(409, "conflict", str(e)) from None
-    return web.json_response({"name": name, "kind": "workflow", "result": "removed"})
+    return _remove(request, "workflow", plat.ctl.workflows, plat.remove_workflow)
 
 
 # ---------------------------------------------------------------- routes: invocations
