@@ -144,9 +144,10 @@ class Platform:
     deployments and invocations, the store, the bundle folder and the metrics.
     """
 
-    def __init__(self, cfg: GatewayConfig, metrics: Metrics) -> None:
+    def __init__(self, cfg: GatewayConfig, metrics: Metrics, profiles_dirs: tuple[Path, ...] = ()) -> None:
         self.cfg = cfg
         self.metrics = metrics
+        self.profiles_dirs = profiles_dirs  # user profile folders, searched before the shipped ones (`gpufaas up --profiles`)
         self.ctl: Any = None
         self.backend: Any = None
         self.store: Store | None = None
@@ -172,7 +173,7 @@ class Platform:
 
         cfg = self.cfg
         cluster = load_yaml(cfg.cluster_file or DEFAULT_CLUSTER, ClusterSpec)
-        profiles = Profiles.shipped()
+        profiles = Profiles.with_dirs(self.profiles_dirs)
         if cfg.zero_profile:
             for t in cluster.gpu_types:
                 profiles.add(zero_profile("zero", t.name))
@@ -814,14 +815,15 @@ async def _platform_ctx(app: web.Application):
     await plat.close()
 
 
-def create_app(cfg: GatewayConfig) -> web.Application:
+def create_app(cfg: GatewayConfig, *, profiles_dirs: tuple[Path, ...] = ()) -> web.Application:
     """The gateway application for `cfg`. No side effects until it starts (the platform starts in its
-    cleanup context: store opened, backend prepared, stored deployments restored)."""
+    cleanup context: store opened, backend prepared, stored deployments restored). `profiles_dirs`:
+    profile folders searched before the shipped profiles."""
     app = web.Application(client_max_size=cfg.client_max_size, middlewares=[error_middleware])
     metrics = Metrics()
     app[CFG] = cfg
     app[METRICS] = metrics
-    app[PLATFORM] = Platform(cfg, metrics)
+    app[PLATFORM] = Platform(cfg, metrics, profiles_dirs)
     app.cleanup_ctx.append(_platform_ctx)
     r = app.router
     r.add_post("/v1/functions", post_function)
@@ -842,12 +844,12 @@ def create_app(cfg: GatewayConfig) -> web.Application:
     return app
 
 
-def run(cfg: GatewayConfig, *, print_fn: Callable[[str], None] = print) -> None:
+def run(cfg: GatewayConfig, *, print_fn: Callable[[str], None] = print, profiles_dirs: tuple[Path, ...] = ()) -> None:
     """Serve `cfg` until SIGINT/SIGTERM with uvloop (the entry point of `gpufaas up` and the demo's gateway)."""
     import uvloop
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(cfg)
+    app = create_app(cfg, profiles_dirs=profiles_dirs)
 
     async def banner(app: web.Application) -> None:
         plat = app[PLATFORM]

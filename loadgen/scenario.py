@@ -3,6 +3,8 @@
 The one value that `gpufaas sim` runs and that the live path can be pointed at. Functions and
 workflows may be written inline or named by path (a function bundle folder holding `function.yaml`,
 or a YAML file), relative to the scenario file, so scenarios reuse the bundles in `functions/`.
+A scenario may also name its own `profiles:` folder (searched before the shipped profiles, so it
+can run on GPU types that ship no profile) and a `warmup_s` whose figures the report leaves out.
 """
 
 from __future__ import annotations
@@ -10,11 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from gpufaas.loadgen.workload import WorkloadSpec
 from gpufaas.platform.errors import SpecError
 from gpufaas.platform.specs import ClusterSpec, FunctionSpec, Spec, WorkflowSpec, parse, read_yaml
+
+
+WARMUP_FRACTION = 0.1  # default warm-up: this share of duration_s
 
 
 class Scenario(Spec):
@@ -24,6 +29,8 @@ class Scenario(Spec):
     description: str = Field("", description="what it models")
     seed: int = Field(1, description="seed of the arrival streams")
     duration_s: float = Field(gt=0, description="how long invocations arrive, seconds")
+    warmup_s: float | None = Field(None, ge=0, description="leading seconds left out of the report (arrivals, cost, "
+                                   "cold starts, batches); None = 10% of duration_s, 0 = report everything")
     drain_s: float = Field(30.0, ge=0, description="after the arrivals end, how long in-flight invocations may still finish")
     keep_alive_s: float = Field(60.0, ge=0, description="default idle time before an instance is stopped")
     cluster: ClusterSpec = Field(description="the cluster")
@@ -31,6 +38,29 @@ class Scenario(Spec):
     workflows: list[WorkflowSpec] = Field(min_length=1, description="the workflows")
     workload: WorkloadSpec = Field(description="the offered load")
     policy_params: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-policy parameters, by policy name")
+    profiles: str | None = Field(None, description="folder of profile YAML files (relative to the scenario file), searched "
+                                 "before the shipped profiles; a profile there replaces a shipped one for the same model and GPU type")
+
+    @field_validator("warmup_s")
+    @classmethod
+    def _check_warmup(cls, v: float | None, info: ValidationInfo) -> float | None:
+        duration_s = info.data.get("duration_s")  # absent when duration_s itself failed
+        if v is not None and duration_s is not None and not v < duration_s:
+            raise ValueError(_warmup_message(v, duration_s))
+        return v
+
+    def effective_warmup_s(self) -> float:
+        """The warm-up in seconds: `warmup_s`, or 10% of `duration_s` when unset. Who calls it: `run_scenario`,
+        which checks again (SpecError) because `model_copy(update=...)` of a loaded scenario skips validators."""
+        w = self.duration_s * WARMUP_FRACTION if self.warmup_s is None else self.warmup_s
+        if not w < self.duration_s:
+            raise SpecError(f"scenario {self.name}: warmup_s: {_warmup_message(w, self.duration_s)}")
+        return w
+
+
+def _warmup_message(warmup_s: float, duration_s: float) -> str:
+    return (f"{warmup_s:g} s is not shorter than duration_s ({duration_s:g} s); give a warm-up below the duration "
+            f"(0 reports the whole run)")
 
 
 def _resolve(entry: Any, base: Path, what: str, index: int) -> Any:
@@ -75,4 +105,10 @@ def load_scenario(path: str | Path) -> Scenario:
                 raise SpecError(f"{path}: workload.traces[{j}].workflows: unknown workflow '{w}' (known: {', '.join(sorted(wnames))})")
     if sc.workload.traces:  # trace paths resolve against this file's folder; a missing file fails here
         sc = sc.model_copy(update={"workload": sc.workload.resolved(base, str(path))})
+    if sc.profiles is not None:  # resolved against this file's folder; a missing folder fails here
+        d = (base / sc.profiles).resolve()
+        if not d.is_dir():
+            raise SpecError(f"{path}: profiles: folder '{sc.profiles}' not found (looked for {d}); "
+                            f"fix the path (it is relative to the scenario file) or remove the key")
+        sc = sc.model_copy(update={"profiles": str(d)})
     return sc

@@ -2,14 +2,17 @@
 
 It builds the same `Controller` the gateway uses, with a `VirtualClock` and the `sim` backend, feeds
 it the workload's arrivals one event at a time (streamed, never materialised), drains in-flight work,
-stops every instance and returns the accounting report.
+stops every instance and returns the accounting report, which leaves out the scenario's warm-up
+(`Accounting.warmup_end_ns`). Profiles come from the scenario's own `profiles:` folder (and any
+folders the caller adds, such as `gpufaas sim --profiles`) before the shipped ones.
 
 Who calls it: `gpufaas sim`, `gpufaas bench sim`, the tests.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterable
 
 from gpufaas.loadgen.scenario import Scenario
 from gpufaas.loadgen.workload import arrivals
@@ -32,10 +35,19 @@ def build_policy(scenario: Scenario, name: str, load: float = 1.0, **overrides: 
     return policy
 
 
+def scenario_profiles(scenario: Scenario, extra_dirs: Iterable[str | Path] = ()) -> Profiles:
+    """The profiles a scenario runs with: `extra_dirs` first (flags beat the file), then the scenario's
+    `profiles:` folder, then the shipped ones. Who calls it: `build_controller`, `gpufaas sim` (once per
+    command, so a sweep loads the folders once)."""
+    dirs = [*extra_dirs, *([scenario.profiles] if scenario.profiles else [])]
+    return Profiles.with_dirs(dirs)
+
+
 def build_controller(scenario: Scenario, policy: Any, clock: VirtualClock, profiles: Profiles | None = None,
                      check_purity: bool = False) -> Controller:
-    """A controller on the sim backend with the scenario's functions and workflows deployed."""
-    ctl = Controller(scenario.cluster, profiles or Profiles.shipped(), policy, SimBackend(clock), clock,
+    """A controller on the sim backend with the scenario's functions and workflows deployed; `profiles`
+    defaults to `scenario_profiles(scenario)`."""
+    ctl = Controller(scenario.cluster, profiles or scenario_profiles(scenario), policy, SimBackend(clock), clock,
                      keep_alive_s=scenario.keep_alive_s, check_purity=check_purity)
     for f in scenario.functions:
         ctl.deploy_function(f)
@@ -46,12 +58,16 @@ def build_controller(scenario: Scenario, policy: Any, clock: VirtualClock, profi
 
 def run_scenario(scenario: Scenario, policy_name: str, *, seed: int | None = None, load: float = 1.0,
                  check_purity: bool = False, check_invariants: bool = False, policy_params: dict | None = None,
-                 on_event: Any = None) -> dict:
-    """Simulate `scenario` under `policy_name`; returns the report dict of `gpufaas sim --json`."""
+                 on_event: Any = None, profiles: Profiles | None = None) -> dict:
+    """Simulate `scenario` under `policy_name`; returns the report dict of `gpufaas sim --json`.
+    `profiles` defaults to `scenario_profiles(scenario)`. The report leaves out the warm-up
+    (`Scenario.effective_warmup_s`; SpecError when it is not shorter than the duration)."""
     t0 = perf_ns()
+    warmup_end_ns = int(scenario.effective_warmup_s() * NS_PER_S)
     clock = VirtualClock()
     policy = build_policy(scenario, policy_name, load, **(policy_params or {}))
-    ctl = build_controller(scenario, policy, clock, check_purity=check_purity)
+    ctl = build_controller(scenario, policy, clock, profiles, check_purity=check_purity)
+    ctl.acct.warmup_end_ns = warmup_end_ns
     seed = scenario.seed if seed is None else seed
     targets = scenario.workload.targets()  # streams, then traces' workflows (loadgen.workload.arrivals)
     slos = [t.slo_ms for t in targets]

@@ -155,7 +155,8 @@ class Controller:
         if self.live:
             inv.outputs = [None] * len(wf.stages)
             inv.stage_ns = [(-1, -1)] * len(wf.stages)
-        self.acct.invocations += 1
+        if now >= self.acct.warmup_end_ns:  # Accounting.warmup_end_ns
+            self.acct.invocations += 1
         self.inflight[inv.id] = inv
         for e in wf.entries:
             self._enqueue(inv, wf.stages[e], now)
@@ -200,23 +201,24 @@ class Controller:
         inv.finish_ns = now
         inv.reason = reason
         acct = self.acct
-        hit = status == _COMPLETED and now <= inv.deadline_ns
-        if status == _COMPLETED:
-            acct.completed += 1
-            acct.latency_ms.add((now - inv.arrival_ns) / 1e6)
-            if hit:
-                acct.slo_hits += 1
-        elif status == InvocationStatus.FAILED:
-            acct.failed += 1
-        elif status == InvocationStatus.REJECTED:
-            acct.rejected += 1
-        else:
-            acct.timed_out += 1
-        pw = acct.per_workflow.get(inv.workflow.name)
-        if pw is None:
-            pw = acct.per_workflow[inv.workflow.name] = [0, 0]
-        pw[0] += 1
-        pw[1] += hit
+        if inv.arrival_ns >= acct.warmup_end_ns:  # Accounting.warmup_end_ns: arrived in the warm-up, not counted
+            hit = status == _COMPLETED and now <= inv.deadline_ns
+            if status == _COMPLETED:
+                acct.completed += 1
+                acct.latency_ms.add((now - inv.arrival_ns) / 1e6)
+                if hit:
+                    acct.slo_hits += 1
+            elif status == InvocationStatus.FAILED:
+                acct.failed += 1
+            elif status == InvocationStatus.REJECTED:
+                acct.rejected += 1
+            else:
+                acct.timed_out += 1
+            pw = acct.per_workflow.get(inv.workflow.name)
+            if pw is None:
+                pw = acct.per_workflow[inv.workflow.name] = [0, 0]
+            pw[0] += 1
+            pw[1] += hit
         del self.inflight[inv.id]
         if status != _COMPLETED:
             # drop the invocation's other queued jobs (other branches of a fan-out); the standing rules
@@ -380,7 +382,8 @@ class Controller:
         self.instances[inst.id] = inst
         self.instances_by_fn[fn.name].append(inst)
         self.starting_by_fn[fn.name] += 1
-        self.acct.cold_starts += 1
+        if now >= self.acct.warmup_end_ns:  # Accounting.warmup_end_ns
+            self.acct.cold_starts += 1
         self.capacity_epoch += 1
         if jobs:
             self._dispatch(inst, jobs)
@@ -493,11 +496,16 @@ class Controller:
         batch.exec_ns = exec_ns
         acct = self.acct
         gpu = inst.gpu
-        unit_ns = exec_ns * inst.share_units
-        acct.busy_unit_ns += unit_ns / gpu.share_units
-        acct.busy_usd += unit_ns * gpu.usd_per_unit_ns
-        acct.batches += 1
-        acct.batched_jobs += len(batch.jobs)
+        if batch.start_ns >= acct.warmup_end_ns:  # Accounting.warmup_end_ns: the one compare after the warm-up
+            unit_ns = exec_ns * inst.share_units
+            acct.busy_unit_ns += unit_ns / gpu.share_units
+            acct.busy_usd += unit_ns * gpu.usd_per_unit_ns
+            acct.batches += 1
+            acct.batched_jobs += len(batch.jobs)
+        elif now > acct.warmup_end_ns:  # began in the warm-up: bill only the part after it, count no batch
+            unit_ns = (now - acct.warmup_end_ns) * inst.share_units
+            acct.busy_unit_ns += unit_ns / gpu.share_units
+            acct.busy_usd += unit_ns * gpu.usd_per_unit_ns
         inst.current = None
         inst.batches_run += 1
         if error:
@@ -634,9 +642,11 @@ class Controller:
         gpu.instance_ids.discard(inst.id)
         del self.instances[inst.id]
         self.instances_by_fn[inst.function.name].remove(inst)
-        life = now - inst.start_ns
-        self.acct.allocated_unit_ns += life * inst.share_units / gpu.share_units
-        self.acct.allocated_usd += life * inst.share_units * gpu.usd_per_unit_ns
+        # Accounting.warmup_end_ns: only the part of the lifetime after the warm-up is billed
+        life = now - max(inst.start_ns, self.acct.warmup_end_ns)
+        if life > 0:
+            self.acct.allocated_unit_ns += life * inst.share_units / gpu.share_units
+            self.acct.allocated_usd += life * inst.share_units * gpu.usd_per_unit_ns
         self.backend.stop(inst)
         self._drop_rules()
         if self.ready_queues:

@@ -8,7 +8,9 @@ worst leave-one-out error). Lookups outside the measured range raise `ProfileErr
 extrapolation.
 
 Who calls it: the controller and the policies (through `Profiles.table()`), the sim backend (batch
-times), the worker in emulated mode. Nothing here mutates after load.
+times), the worker in emulated mode. Nothing here mutates after load. Profiles come from the shipped
+folder (platform/profiles/) and from user folders searched before it (`Profiles.with_dirs`), so a
+scenario can run on GPU types that ship no profile.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from __future__ import annotations
 import bisect
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterable
 
 from pydantic import Field, model_validator
 
-from gpufaas.platform.errors import ProfileError
+from gpufaas.platform.errors import ProfileError, SpecError
 from gpufaas.platform.specs import Spec, load_yaml
 
 SHIPPED_DIR = Path(__file__).parent / "profiles"
@@ -160,15 +163,38 @@ def _bilinear(xs, ys, z, x: float, y: float) -> float:
 
 
 class Profiles:
-    """All known profiles by (model, gpu_type): the shipped ones plus any added at run time."""
+    """All known profiles by (model, gpu_type): the shipped ones, any from user folders, plus any added at
+    run time. `searched` lists the folders they were loaded from, first-searched first (for error messages).
 
-    def __init__(self, tables: dict[tuple[str, str], LatencyTable] | None = None) -> None:
+    Who builds it: `with_dirs()` for the simulator (a scenario's `profiles:` folder, `gpufaas sim --profiles`)
+    and the gateway (`gpufaas up --profiles`); `shipped()` where no user folder applies.
+    """
+
+    def __init__(self, tables: dict[tuple[str, str], LatencyTable] | None = None, searched: tuple[str, ...] = ()) -> None:
         self._tables: dict[tuple[str, str], LatencyTable] = dict(tables or {})
+        self.searched = searched
 
     @classmethod
     def shipped(cls) -> "Profiles":
         """The profiles in platform/profiles/ (cached; the returned store is a fresh copy)."""
-        return cls(dict(_load_dir(str(SHIPPED_DIR))))
+        return cls.with_dirs(())
+
+    @classmethod
+    def with_dirs(cls, dirs: Iterable[str | Path]) -> "Profiles":
+        """The profiles of the user folders `dirs` (searched in order: a profile in an earlier folder wins)
+        and then the shipped ones: a user profile for a (model, gpu_type) replaces the shipped one.
+
+        ProfileError (one line) for a folder that does not exist, a file that does not validate (naming its
+        path), or two files in one folder for the same (model, gpu_type)."""
+        user = [Path(d).resolve() for d in dirs]
+        searched = tuple(str(d) for d in user) + (str(SHIPPED_DIR),)
+        tables: dict[tuple[str, str], LatencyTable] = {}
+        for d in reversed((*user, SHIPPED_DIR)):  # later folders first, so earlier ones overwrite them
+            if not d.is_dir():
+                raise ProfileError(f"profiles folder {d}: not found (or not a folder); give an existing folder of "
+                                   f"<model>.<gpu_type>.yaml files")
+            tables.update(_load_dir(str(d), _stamp(d)))
+        return cls(tables, searched)
 
     def add(self, profile: Profile) -> None:
         """Add or replace one profile."""
@@ -176,16 +202,22 @@ class Profiles:
 
     def add_file(self, path: str | Path) -> Profile:
         """Load one profile file and add it."""
-        p = load_yaml(path, Profile)
+        p = _load_file(Path(path))
         self.add(p)
         return p
 
     def table(self, model: str, gpu_type: str) -> LatencyTable:
-        """The compiled table; ProfileError naming the known ones if absent."""
+        """The compiled table; ProfileError saying where it looked and what to do if absent."""
         t = self._tables.get((model, gpu_type))
         if t is None:
             known = sorted(f"{m}@{g}" for m, g in self._tables)
-            raise ProfileError(f"no profile for model '{model}' on GPU type '{gpu_type}'; known profiles: {', '.join(known)}")
+            where = (", ".join(f"{d} (shipped)" if d == str(SHIPPED_DIR) else d for d in self.searched)
+                     or "no profile folder (profiles added in code only)")
+            raise ProfileError(
+                f"no profile for model '{model}' on GPU type '{gpu_type}'; searched, in order: {where}; "
+                f"known profiles: {', '.join(known) or 'none'}; add a file {model}.{gpu_type}.yaml to a folder of your own "
+                f"(measure it with `gpufaas profile <bundle> --gpu-type {gpu_type} --profiles DIR`) and name that folder "
+                f"with `profiles:` in the scenario or --profiles DIR")
         return t
 
     def has(self, model: str, gpu_type: str) -> bool:
@@ -195,12 +227,37 @@ class Profiles:
         return sorted(self._tables)
 
 
-@lru_cache(maxsize=8)
-def _load_dir(path: str) -> tuple[tuple[tuple[str, str], LatencyTable], ...]:
+def _stamp(d: Path) -> tuple[tuple[str, int, int], ...]:
+    """(name, mtime_ns, size) of each profile file in `d`: the cache key, so an edited file is reloaded."""
     out = []
+    for f in sorted(d.glob("*.yaml")):
+        st = f.stat()
+        out.append((f.name, st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+def _load_file(f: Path) -> Profile:
+    """One profile file; ProfileError naming the file's path when it does not read or validate."""
+    try:
+        return load_yaml(f, Profile)
+    except SpecError as e:
+        msg = str(e)
+        raise ProfileError(msg if msg.startswith(str(f)) else f"{f}: {msg}") from None
+
+
+@lru_cache(maxsize=32)
+def _load_dir(path: str, stamp: tuple) -> tuple[tuple[tuple[str, str], LatencyTable], ...]:
+    """Every *.yaml profile in the folder `path` (`stamp` only keys the cache)."""
+    out = []
+    first: dict[tuple[str, str], Path] = {}
     for f in sorted(Path(path).glob("*.yaml")):
-        p = load_yaml(f, Profile)
-        out.append(((p.model, p.gpu_type), LatencyTable(p)))
+        p = _load_file(f)
+        key = (p.model, p.gpu_type)
+        if key in first:
+            raise ProfileError(f"{f}: profile {p.model}@{p.gpu_type} is also in {first[key].name} in the same folder; "
+                               f"keep one of the two files")
+        first[key] = f
+        out.append((key, LatencyTable(p)))
     return tuple(out)
 
 

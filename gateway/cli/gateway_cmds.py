@@ -67,8 +67,11 @@ _FLAGS = {"max_body_mb": "--max-body-mb", "invocation_timeout_s": "--timeout-s",
 @click.option("--timeout-s", "timeout_s", type=float, default=30.0, show_default=True, help="per-invocation timeout")
 @click.option("--keep-alive-s", type=float, default=60.0, show_default=True, help="idle time before an instance stops")
 @click.option("--cold-start-scale", type=float, default=1.0, show_default=True, help="inproc backend: scale profiled cold starts")
+@click.option("--profiles", "profiles_dirs", multiple=True, type=click.Path(exists=True, file_okay=False), metavar="DIR",
+              help="folder of profile YAML files, searched before the shipped profiles (repeatable; the first wins)")
 @click.option("--access-log", is_flag=True, help="log every request")
-def up(host, port, cluster_file, policy, backend, execute, data_dir, max_body_mb, timeout_s, keep_alive_s, cold_start_scale, access_log) -> None:
+def up(host, port, cluster_file, policy, backend, execute, data_dir, max_body_mb, timeout_s, keep_alive_s, cold_start_scale,
+       profiles_dirs, access_log) -> None:
     """Run the gateway (with the platform embedded) until Ctrl-C / SIGTERM."""
     from pydantic import ValidationError
 
@@ -95,8 +98,13 @@ def up(host, port, cluster_file, policy, backend, execute, data_dir, max_body_mb
         reg = builtin_registry()
         if resolve_policy_name(policy) not in reg and ":" not in policy:
             raise UserError(f"--policy: unknown policy '{policy}'; registered policies: {', '.join(reg.names())}")
+    dirs = tuple(Path(d) for d in profiles_dirs)
+    if dirs:
+        from gpufaas.platform.profiles import Profiles
+
+        Profiles.with_dirs(dirs)  # a file that does not validate fails here (ProfileError naming it), not at start
     try:
-        run(cfg, print_fn=lambda s: click.echo(s, err=True))
+        run(cfg, print_fn=lambda s: click.echo(s, err=True), profiles_dirs=dirs)
     except OSError as e:
         raise UserError(f"--port: cannot listen on {host}:{port}: {e.strerror}; pick another port") from None
 

@@ -1,5 +1,7 @@
 """`gpufaas profile functions/NAME`: measure a function's latency and memory on the local device and
 write a profile in the project's format (platform/profiles/*.yaml, loadable by `Profiles.add_file`).
+With `--profiles DIR` it writes `DIR/<model>.<gpu_type>.yaml` and reads the folder back the way
+`gpufaas sim --profiles DIR`, a scenario's `profiles:` and `gpufaas up --profiles DIR` will.
 
 Each share is measured in a fresh child process (`python -m gpufaas.gateway.cli.profile_cmd`), because
 CUDA reads `CUDA_MPS_ACTIVE_THREAD_PERCENTAGE` when its context is created. On CUDA the shares are set
@@ -183,16 +185,22 @@ def to_profile(spec, gpu_type: str, batches: list[int], per_share: dict, small: 
 @click.option("--gpu-type", default=None, help="GPU type name written into the profile (default: 'cpu' or the CUDA device name)")
 @click.option("--small", is_flag=True, help="profile the reduced-width model (quick checks)")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="profile file to write (default: print it)")
+@click.option("--profiles", "profiles_dir", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
+              help="profile folder to write <model>.<gpu_type>.yaml into (created if missing; what sim/up --profiles read)")
 @click.option("--json", "as_json", is_flag=True, help="print the profile as one JSON object")
 def profile(bundle_dir: Path, device: str, batches: str, shares: str, repeats: int, threads: int, gpu_type: str | None,
-            small: bool, output: Path | None, as_json: bool) -> None:
+            small: bool, output: Path | None, profiles_dir: Path | None, as_json: bool) -> None:
     """Measure latency and memory of the function bundle BUNDLE_DIR on this machine; write a profile."""
     import yaml
 
     from gpufaas.platform import bundle
-    from gpufaas.platform.profiles import Profile
+    from gpufaas.platform.profiles import Profile, Profiles
     from gpufaas.platform.specs import parse
 
+    if output is not None and profiles_dir is not None:
+        raise click.UsageError("-o/--output and --profiles both say where to write the profile; give one of them")
+    if profiles_dir is not None and profiles_dir.is_dir():
+        Profiles.with_dirs([profiles_dir])  # a broken folder fails now, not after minutes of measuring
     spec = bundle.load_spec(bundle_dir)
     bs = _int_list(batches, "--batches")
     sh = _float_list(shares, "--shares")
@@ -207,15 +215,20 @@ def profile(bundle_dir: Path, device: str, batches: str, shares: str, repeats: i
     name = gpu_type or ("cpu" if device == "cpu" else per_share[max(per_share)]["device_name"].replace(" ", "-"))
     doc = to_profile(spec, name, bs, per_share, small)
     parse(Profile, doc, f"measured profile of {bundle_dir}")  # the document must load as a profile
+    if profiles_dir is not None:
+        output = profiles_dir / f"{spec.model}.{name}.yaml"
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(f"# measured by gpufaas profile {bundle_dir} --device {device}\n" + yaml.safe_dump(doc, sort_keys=False))
+    if profiles_dir is not None:
+        Profiles.with_dirs([profiles_dir]).table(spec.model, name)  # read back as sim/up will (a duplicate fails here)
     if as_json:
         click.echo(json.dumps(doc))
     elif output is None:
         click.echo(yaml.safe_dump(doc, sort_keys=False), nl=False)
     else:
-        click.echo(f"wrote {output}: {spec.model}@{name}, batches {bs}, shares {sorted(per_share)}")
+        click.echo(f"wrote {output}: {spec.model}@{name}, batches {bs}, shares {sorted(per_share)}"
+                   + (f"; use it with --profiles {profiles_dir} or `profiles:` in a scenario" if profiles_dir is not None else ""))
 
 
 COMMANDS = [profile]

@@ -70,19 +70,25 @@ def print_table(results: list[dict], title: str) -> None:
               help="write a PNG of SLO hit rate and allocated cost per policy against load")
 @click.option("--csv", "csv_path", default=None, type=click.Path(dir_okay=False),
               help="write a CSV with one row per (policy, load)")
+@click.option("--profiles", "profiles_dirs", multiple=True, type=click.Path(exists=True, file_okay=False), metavar="DIR",
+              help="folder of profile YAML files, searched before the scenario's `profiles:` folder and the shipped "
+                   "profiles (repeatable; the first wins)")
 @click.option("--json", "as_json", is_flag=True, help="print exactly one JSON object on stdout")
 def sim(scenario_path: str, policy: str, seed: int | None, sweep: str | None, plot_path: str | None,
-        csv_path: str | None, as_json: bool) -> None:
+        csv_path: str | None, profiles_dirs: tuple[str, ...], as_json: bool) -> None:
     """Simulate SCENARIO under each POLICY (at each load of --sweep) and report SLO hit rate, cost and latency.
 
     \b
     Compare ESG with the baselines on a scenario, with a plot and a CSV:
       gpufaas sim --scenario loadgen/scenarios/video.yaml --policy esg,infless,fastgshare,static,batch1-wholegpu \\
                   --sweep load=0.5,1,2,4 --plot video.png --csv video.csv
+
+    The report leaves out the scenario's warm-up (warmup_s, default 10% of duration_s). Profiles are
+    searched in --profiles folders, then the scenario's `profiles:` folder, then the shipped ones.
     """
     from gpufaas.loadgen import report
     from gpufaas.loadgen.scenario import load_scenario
-    from gpufaas.loadgen.simdriver import run_scenario
+    from gpufaas.loadgen.simdriver import run_scenario, scenario_profiles
 
     # NOTE: every flag is checked before the first run: a typo must not cost a sweep of minutes.
     names = parse_policies(policy)
@@ -92,10 +98,11 @@ def sim(scenario_path: str, policy: str, seed: int | None, sweep: str | None, pl
     if csv_path is not None:
         report.check_writable(csv_path, "--csv")
     sc = load_scenario(scenario_path)
+    profiles = scenario_profiles(sc, profiles_dirs)  # loaded once for the whole sweep
     results = []
     for load in loads:
         for name in names:
-            results.append(run_scenario(sc, name, seed=seed, load=load))
+            results.append(run_scenario(sc, name, seed=seed, load=load, profiles=profiles))
     if csv_path is not None:
         report.write_csv(csv_path, sc.name, results)
     if plot_path is not None:
