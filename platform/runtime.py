@@ -13,7 +13,7 @@ from enum import IntEnum
 from typing import Any, Callable
 
 from gpufaas.platform.units import NS_PER_S, ms_to_ns, s_to_ns
-from gpufaas.platform.errors import SpecError
+from gpufaas.platform.errors import ProfileError, SpecError
 from gpufaas.platform.profiles import LatencyTable, Profiles
 from gpufaas.platform.specs import ClusterSpec, FunctionSpec, WorkflowSpec
 
@@ -61,40 +61,106 @@ class Gpu:
 
 
 class FunctionRt:
-    """A deployed function compiled for the cluster: its profile per GPU type and its share options."""
+    """A deployed function compiled for the cluster: per GPU type, its profile and the share options that
+    profile covers, and the batch sizes it accepts.
 
-    __slots__ = ("name", "spec", "tables", "batch_sizes", "shares", "share_units", "keep_alive_ns", "output_bytes", "tenant", "_lat_ns")
+    Who builds it: `Controller.deploy_function` (and tests); nothing changes it afterwards. Policies read
+    `tables`, `share_units` and `batch_sizes` to enumerate the (batch, share) configurations they may use.
+
+    - `tables` / `share_units`: only the GPU types of the cluster where the function can run: a profile
+      exists, and at least one declared share (in the type's units) and one declared batch size lie
+      inside its measured range. `share_units[t]` lists exactly the covered shares, increasing.
+    - `batch_sizes`: the declared batch sizes covered on every type in `tables` (one list for all types,
+      so a policy may pair any of them with any share of any type).
+    - `uncovered`: per GPU type left out or trimmed, one line saying what its profile does not cover.
+
+    NOTE: a profile need not be a full batch x share grid (MIG slices 1/7..3/7 only, say), nor cover all
+    that a function declares: the function keeps what is covered and raises SpecError only when nothing
+    is covered on any GPU type. A declared share that no GPU type of the cluster can express in its share
+    units is another mistake (a typo, not a missing measurement) and stays a SpecError.
+    """
+
+    __slots__ = ("name", "spec", "tables", "batch_sizes", "shares", "share_units", "uncovered", "keep_alive_ns",
+                 "output_bytes", "tenant", "_lat_ns")
+
+    # NOTE: a share names a whole number of units when it is within this many units of one (0.142857 or
+    # 0.1429 for 1/7 of a 7-unit GPU); the share used everywhere is then exactly units / share_units.
+    SHARE_TOLERANCE_UNITS = 1e-3
 
     def __init__(self, spec: FunctionSpec, cluster: ClusterSpec, profiles: Profiles, default_keep_alive_s: float) -> None:
         self.name = spec.name
         self.spec = spec
         self.tenant = spec.tenant
-        self.batch_sizes: tuple[int, ...] = tuple(spec.batch_sizes)
         self.shares: tuple[float, ...] = tuple(spec.shares)
         self.tables: dict[str, LatencyTable] = {}
         self.share_units: dict[str, tuple[int, ...]] = {}
-        used_types = {n.gpu_type for n in cluster.nodes if n.gpus > 0}
-        for t in cluster.gpu_types:
-            if t.name not in used_types:
+        self.uncovered: dict[str, str] = {}
+        batches: tuple[int, ...] = ()
+        for name, (table, units, type_batches) in self._covered(spec, cluster, profiles).items():
+            keep = tuple(b for b in type_batches if not batches or b in batches)
+            if not keep:  # the types before it (the first GPU's first) decided the batch sizes
+                self.uncovered[name] = (f"profile {spec.model}@{name} covers batch sizes {list(type_batches)}, none of "
+                                        f"{list(batches)} covered on the GPU types listed before it")
                 continue
-            table = profiles.table(spec.model, t.name)  # ProfileError names the known ones
-            units = []
-            for s in spec.shares:
-                u = s * t.share_units
-                if abs(u - round(u)) > 1e-6:
-                    raise SpecError(f"function {spec.name}: shares: {s:g} is not a multiple of 1/{t.share_units} "
-                                    f"(GPU type {t.name} is shared in {t.share_units} units); use multiples of {1 / t.share_units:g}")
-                for b in spec.batch_sizes:
-                    if not table.covers(b, s):
-                        raise SpecError(f"function {spec.name}: (batch {b}, share {s:g}) is outside profile "
-                                        f"{spec.model}@{t.name} (batches {table.batches[0]}..{table.max_batch}, "
-                                        f"shares {table.min_share:.3g}..1); restrict batch_sizes/shares")
-                units.append(int(round(u)))
-            self.tables[t.name] = table
-            self.share_units[t.name] = tuple(units)
+            batches = keep
+            self.tables[name] = table
+            self.share_units[name] = units
+        self.batch_sizes: tuple[int, ...] = batches
         self.keep_alive_ns = s_to_ns(spec.keep_alive_s if spec.keep_alive_s is not None else default_keep_alive_s)
         self.output_bytes = spec.output_bytes_per_item
         self._lat_ns: dict[tuple[str, int, int, int], int] = {}
+
+    def _units(self, share: float, units_per_gpu: int) -> int | None:
+        """`share` in whole units of a GPU split into `units_per_gpu`, or None if it is no whole number."""
+        u = share * units_per_gpu
+        return int(round(u)) if abs(u - round(u)) <= self.SHARE_TOLERANCE_UNITS and round(u) >= 1 else None
+
+    def _covered(self, spec: FunctionSpec, cluster: ClusterSpec,
+                 profiles: Profiles) -> dict[str, tuple[LatencyTable, tuple[int, ...], tuple[int, ...]]]:
+        """Per GPU type in use (in node order), its table, covered share units and covered batch sizes;
+        notes in `uncovered` what is left out. SpecError (ProfileError) when nothing is covered anywhere."""
+        types = [cluster.gpu_type(n) for n in dict.fromkeys(n.gpu_type for n in cluster.nodes if n.gpus > 0)]
+        odd = [s for s in spec.shares if all(self._units(s, t.share_units) is None for t in types)]
+        if odd:
+            t = types[0]
+            raise SpecError(f"function {spec.name}: shares: {odd[0]:g} is not a multiple of 1/{t.share_units} "
+                            f"(GPU type {t.name} is shared in {t.share_units} units), nor of any other GPU type's unit "
+                            f"in the cluster; use multiples of {1 / t.share_units:g}")
+        out: dict[str, tuple[LatencyTable, tuple[int, ...], tuple[int, ...]]] = {}
+        missing: list[ProfileError] = []
+        measured: list[str] = []
+        for t in types:
+            try:
+                table = profiles.table(spec.model, t.name)
+            except ProfileError as e:
+                missing.append(e)
+                self.uncovered[t.name] = str(e)
+                continue
+            measured.append(f"profile {spec.model}@{t.name} measures batch sizes {table.batches[0]}..{table.max_batch}, "
+                            f"shares {table.min_share:.3g}..{1.0 / table.inv_shares[0]:.3g}")
+            units: dict[int, None] = {}
+            lost_shares = []
+            for s in spec.shares:
+                u = self._units(s, t.share_units)
+                if u is not None and table.covers(table.batches[0], u / t.share_units):
+                    units[u] = None
+                else:
+                    lost_shares.append(s)
+            batches = tuple(b for b in spec.batch_sizes if table.covers(b, 1.0 / table.inv_shares[0]))
+            lost_batches = [b for b in spec.batch_sizes if b not in batches]
+            if lost_shares or lost_batches:
+                self.uncovered[t.name] = (f"profile {spec.model}@{t.name} does not cover shares {lost_shares}, "
+                                          f"batch sizes {lost_batches}")
+            if units and batches:
+                out[t.name] = (table, tuple(sorted(units)), batches)
+        if not measured:
+            raise missing[0]  # no profile on any GPU type: its message says where it looked and what to add
+        if not out:
+            raise SpecError(f"function {spec.name}: no declared (batch, share) lies inside its profile on any GPU type of "
+                            f"the cluster ({'; '.join(measured)}; declared batch_sizes {list(spec.batch_sizes)}, shares "
+                            f"{list(spec.shares)}); declare batch_sizes and shares inside a measured range, or measure "
+                            f"the ones you need with `gpufaas profile`")
+        return out
 
     def latency_ns(self, gpu_type: str, batch: int, share_units: int, units_per_gpu: int) -> int:
         """Profiled execution time of one batch (memoized: the tables never change after deploy)."""

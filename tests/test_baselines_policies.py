@@ -8,7 +8,8 @@ import pytest
 
 from gpufaas.platform.clock import NS_PER_MS, NS_PER_S
 from gpufaas.platform.decisions import Dispatch, Reject, Start
-from gpufaas.platform.policy.baselines import Config, configs_for, fills_in_time, function_budgets_ns, function_rates_rps
+from gpufaas.platform.policy.baselines import (Config, configs_for, fills_in_time, function_budgets_ns, function_rates_rps,
+                                               planning_types)
 from gpufaas.platform.policy.fastgshare import FastGSharePolicy
 from gpufaas.platform.policy.infless import InflessPolicy
 from gpufaas.platform.policy.registry import make_policy
@@ -31,12 +32,12 @@ def test_registry_builds_every_baseline():
 
 def test_latency_split_is_proportional_and_fits_the_slo():
     ctl, _, _ = _chain_ctl(InflessPolicy())
-    b = function_budgets_ns(ctl.view, A100, 10, "latency")
+    b = function_budgets_ns(ctl.view, planning_types(ctl.view), "latency")
     lat_pre = ctl.functions["pre"].latency_ns(A100, 1, 10, 10)
     lat_res = ctl.functions["res"].latency_ns(A100, 1, 10, 10)
     assert b["pre"] + b["res"] <= 100 * NS_PER_MS
     assert b["res"] / b["pre"] == pytest.approx(lat_res / lat_pre, rel=1e-3)
-    even = function_budgets_ns(ctl.view, A100, 10, "even")
+    even = function_budgets_ns(ctl.view, planning_types(ctl.view), "even")
     assert even["pre"] == even["res"] == 50 * NS_PER_MS
 
 
@@ -48,7 +49,7 @@ def test_fan_out_budget_counts_the_heaviest_path():
         {"name": "s0", "function": "a"}, {"name": "s1", "function": "b", "after": ["s0"]},
         {"name": "s2", "function": "c", "after": ["s0"]}, {"name": "s3", "function": "a", "after": ["s1", "s2"]}]})
     ctl, _, _ = controller(InflessPolicy(), functions=fns, workflows=[wf])
-    b = function_budgets_ns(ctl.view, A100, 10, "even")
+    b = function_budgets_ns(ctl.view, planning_types(ctl.view), "even")
     # every path has 3 stages: 30 ms each
     assert b == {"a": 30 * NS_PER_MS, "b": 30 * NS_PER_MS, "c": 30 * NS_PER_MS}
 

@@ -61,14 +61,14 @@ class Config:
 class PoolState:
     """What a pool policy remembers between calls (returned, never kept on the policy object).
 
-    `budget_ns`: per-function latency budget; `rate_rps`: smoothed arrival rate per function;
+    `budget_ns`: per-function latency budget; `types`: per function, the GPU type its pool is planned
+    and placed on, with that type's share units (`planning_types`); `rate_rps`: smoothed arrival rate per function;
     `counts`: AFW-queue arrival counters at the last tick; `low_since_ns`: when each function first had
     surplus instances (scale-down hysteresis); `plan`: policy-specific data (static: the fixed plan).
     """
 
     budget_ns: dict[str, int]
-    gpu_type: str
-    units_per_gpu: int
+    types: dict[str, tuple[str, int]]
     next_tick_ns: int = 0
     last_tick_ns: int = 0
     counts: dict[str, int] = field(default_factory=dict)
@@ -80,19 +80,30 @@ class PoolState:
 # ---------------------------------------------------------------------- pure helpers
 
 
-def stage_weights(view: ClusterView, gpu_type: str, units_per_gpu: int, mode: str) -> dict[str, float]:
-    """Weight of each function when the SLO is split: its batch-1 whole-GPU latency ('latency') or 1 ('even')."""
+def planning_types(view: ClusterView) -> dict[str, tuple[str, int]]:
+    """Per function, the GPU type (and its share units) its pool is planned for: the first GPU's type when
+    the function has a profile there, else the type of the first GPU (in cluster order) it has one for.
+
+    NOTE: one type per function keeps the baselines' planning as their papers describe it (a config is a
+    (batch, share) of one kind of GPU); in a heterogeneous cluster a function is not spread across types.
+    `FunctionRt` guarantees every deployed function can run on some GPU type of the cluster."""
+    order = list(dict.fromkeys((g.type_name, g.share_units) for g in view.gpus))
+    return {f: next(t for t in order if t[0] in fn.tables) for f, fn in view.functions.items()}
+
+
+def stage_weights(view: ClusterView, types: dict[str, tuple[str, int]], mode: str) -> dict[str, float]:
+    """Weight of each function when the SLO is split: the latency of its fastest offered config on its
+    planning type, batch 1 on the whole GPU where the profile has them ('latency'), or 1 ('even')."""
     if mode == "even":
         return {f: 1.0 for f in view.functions}
-    return {f: float(fn.latency_ns(gpu_type, 1, units_per_gpu, units_per_gpu)) for f, fn in view.functions.items()
-            if gpu_type in fn.tables}
+    return {f: float(fastest_config(fn, *types[f], 0).latency_ns) for f, fn in view.functions.items()}
 
 
-def function_budgets_ns(view: ClusterView, gpu_type: str, units_per_gpu: int, mode: str = "latency") -> dict[str, int]:
+def function_budgets_ns(view: ClusterView, types: dict[str, tuple[str, int]], mode: str = "latency") -> dict[str, int]:
     """Per-function latency budget: each stage gets `slo x w / W`, where W is the heaviest entry-to-exit
     path through the stage (so the budgets along any path add up to at most the SLO); a function used by
-    several stages or workflows takes its tightest budget."""
-    w = stage_weights(view, gpu_type, units_per_gpu, mode)
+    several stages or workflows takes its tightest budget. `types`: `planning_types(view)`."""
+    w = stage_weights(view, types, mode)
     out: dict[str, int] = {}
     for wf in view.workflows.values():
         st = wf.stages
@@ -110,7 +121,8 @@ def function_budgets_ns(view: ClusterView, gpu_type: str, units_per_gpu: int, mo
 
 
 def configs_for(fn: FunctionRt, gpu_type: str, units_per_gpu: int, limit_ns: int) -> list[Config]:
-    """Every (batch, share) of `fn` whose batch latency fits in `limit_ns`; max_wait = limit - latency."""
+    """Every (batch, share) `fn` offers on `gpu_type` (the ones its profile covers) whose batch latency
+    fits in `limit_ns`; max_wait = limit - latency."""
     out = []
     for units in fn.share_units.get(gpu_type, ()):
         for b in fn.batch_sizes:
@@ -208,10 +220,9 @@ class PoolPolicy:
     # -- internals
 
     def _init(self, view: ClusterView, now_ns: int) -> PoolState:
-        g = view.gpus[0]
-        # NOTE: configs are planned for the first GPU's type; the shipped clusters are homogeneous.
-        st = PoolState(budget_ns=function_budgets_ns(view, g.type_name, g.share_units, self.split),
-                       gpu_type=g.type_name, units_per_gpu=g.share_units, next_tick_ns=now_ns, last_tick_ns=now_ns)
+        types = planning_types(view)
+        st = PoolState(budget_ns=function_budgets_ns(view, types, self.split), types=types,
+                       next_tick_ns=now_ns, last_tick_ns=now_ns)
         for f in view.functions:
             st.budget_ns.setdefault(f, 0)
         st.counts = self._counts(view)
@@ -221,6 +232,14 @@ class PoolPolicy:
     def limit_ns(self, st: PoolState, fname: str) -> int:
         """The part of `fname`'s budget that batch-fill wait + execution may use."""
         return int(st.budget_ns[fname] * self.slack)
+
+    def offered_configs(self, view: ClusterView, st: PoolState, fname: str) -> list[Config]:
+        """`fname`'s configs on its planning type that fit its limit; else its fastest offered one alone
+        (it misses the budget, but least)."""
+        fn = view.functions[fname]
+        gpu_type, units_per_gpu = st.types[fname]
+        limit = self.limit_ns(st, fname)
+        return configs_for(fn, gpu_type, units_per_gpu, limit) or [fastest_config(fn, gpu_type, units_per_gpu, limit)]
 
     @staticmethod
     def _counts(view: ClusterView) -> dict[str, int]:
@@ -277,9 +296,10 @@ class PoolPolicy:
             nxt = []
             for fname in order:
                 cfg = pending[fname].pop(0)
-                gpu = self._best_fit(view, fname, cfg, free_u, free_m)
+                gpu_type = st.types[fname][0]
+                gpu = self._best_fit(view, gpu_type, cfg, free_u, free_m)
                 if gpu is None and not view.instances(fname):
-                    gpu = self._make_room(view, fname, cfg, free_u, free_m, stopped, actions)
+                    gpu = self._make_room(view, fname, gpu_type, cfg, free_u, free_m, stopped, actions)
                 if gpu is None:
                     continue  # no room for this function this tick
                 free_u[gpu] -= cfg.share_units
@@ -312,13 +332,13 @@ class PoolPolicy:
         return starts[:1]
 
     @staticmethod
-    def _best_fit(view: ClusterView, fname: str, cfg: Config, free_u: dict[int, int], free_m: dict[int, float]) -> int | None:
-        """The GPU with the least free share that still fits `cfg` (then the least free memory)."""
-        fn = view.functions[fname]
+    def _best_fit(view: ClusterView, gpu_type: str, cfg: Config, free_u: dict[int, int], free_m: dict[int, float]) -> int | None:
+        """The GPU of `gpu_type` (the config's planning type) with the least free share that still fits
+        `cfg` (then the least free memory)."""
         best = None
         best_key = None
         for g in view.gpus:
-            if g.type_name not in fn.tables or cfg.share_units not in fn.share_units[g.type_name]:
+            if g.type_name != gpu_type:
                 continue
             u, m = free_u[g.id], free_m[g.id]
             if u >= cfg.share_units and m >= cfg.memory_mb:
@@ -327,16 +347,18 @@ class PoolPolicy:
                     best, best_key = g.id, key
         return best
 
-    def _make_room(self, view: ClusterView, fname: str, cfg: Config, free_u, free_m, stopped: set[int], actions: list) -> int | None:
+    def _make_room(self, view: ClusterView, fname: str, gpu_type: str, cfg: Config, free_u, free_m, stopped: set[int],
+                   actions: list) -> int | None:
         """A function with no instance and no room: stop idle instances of the function that holds the
-        most instances (at least 2) on one GPU until `cfg` fits there, so no function starves."""
+        most instances (at least 2) on one GPU of `gpu_type` until `cfg` fits there, so no function starves."""
         holders = sorted((f for f in view.functions if f != fname), key=lambda f: -len(view.instances(f)))
         for other in holders:
             insts = view.instances(other)
             if len(insts) < 2:
                 break
             for inst in insts:
-                if inst.id in stopped or inst.stopping or inst.state != InstanceState.IDLE or inst.backlog:
+                if (inst.id in stopped or inst.stopping or inst.state != InstanceState.IDLE or inst.backlog
+                        or inst.gpu.type_name != gpu_type):
                     continue
                 g = inst.gpu.id
                 if free_u[g] + inst.share_units >= cfg.share_units and free_m[g] + inst.memory_mb >= cfg.memory_mb:
@@ -413,10 +435,13 @@ def fixed_pool(cfg: Config, n: int, live: list[Instance]) -> tuple[list[Config],
 
 
 def fastest_config(fn: FunctionRt, gpu_type: str, units_per_gpu: int, limit_ns: int) -> Config:
-    """Batch 1 on the largest share: the fallback when no config fits a budget (it misses, but least)."""
+    """The fastest config `fn` offers on `gpu_type`: its smallest batch (1 where declared) on its largest
+    offered share (the whole GPU only where the profile covers it). The fallback when no config fits a
+    budget (it misses, but least). Profiles are monotone in batch and share, so no other is faster."""
     units = max(fn.share_units[gpu_type])
-    lat = fn.latency_ns(gpu_type, 1, units, units_per_gpu)
-    return Config(1, units, lat, fn.tables[gpu_type].memory_mb(1), max(0, limit_ns - lat))
+    b = min(fn.batch_sizes)
+    lat = fn.latency_ns(gpu_type, b, units, units_per_gpu)
+    return Config(b, units, lat, fn.tables[gpu_type].memory_mb(b), max(0, limit_ns - lat))
 
 
 def function_rates_rps(view: ClusterView, workflow_rates_rps: dict[str, float]) -> dict[str, float]:

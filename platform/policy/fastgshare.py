@@ -30,8 +30,7 @@ from __future__ import annotations
 
 import math
 
-from gpufaas.platform.policy.baselines import (Config, PoolPolicy, PoolState, configs_for, fastest_config,
-                                               fixed_pool)
+from gpufaas.platform.policy.baselines import Config, PoolPolicy, PoolState, fixed_pool
 from gpufaas.platform.runtime import Instance
 from gpufaas.platform.views import ClusterView
 
@@ -51,14 +50,8 @@ class FastGSharePolicy(PoolPolicy):
         return max(cfgs, key=lambda c: (c.batch / (c.latency_ns * c.share_units), -c.latency_ns))
 
     def _setup(self, view: ClusterView, st: PoolState) -> dict[str, Config]:
-        plan = {}
-        for fname, fn in view.functions.items():
-            if st.gpu_type not in fn.tables:
-                continue
-            limit = self.limit_ns(st, fname)
-            cfgs = configs_for(fn, st.gpu_type, st.units_per_gpu, limit)
-            plan[fname] = self.choose(cfgs) if cfgs else fastest_config(fn, st.gpu_type, st.units_per_gpu, limit)
-        return plan
+        # offered_configs: the configs that fit the budget, else the fastest one alone
+        return {fname: self.choose(self.offered_configs(view, st, fname)) for fname in view.functions}
 
     def _scale_for_rate(self, view: ClusterView, st: PoolState, fname: str, rate_rps: float,
                         live: list[Instance]) -> tuple[list[Config], list[Instance]]:

@@ -34,8 +34,7 @@ every function of it is pre-warmed, and queued jobs already past their deadline 
 
 from __future__ import annotations
 
-from gpufaas.platform.policy.baselines import (Config, PoolPolicy, PoolState, configs_for, fastest_config,
-                                               fills_in_time)
+from gpufaas.platform.policy.baselines import Config, PoolPolicy, PoolState, fills_in_time
 from gpufaas.platform.runtime import Instance
 from gpufaas.platform.views import ClusterView
 
@@ -88,9 +87,8 @@ class InflessPolicy(PoolPolicy):
 
     def _scale_for_rate(self, view: ClusterView, st: PoolState, fname: str, rate_rps: float,
                         live: list[Instance]) -> tuple[list[Config], list[Instance]]:
-        fn = view.functions[fname]
         limit = self.limit_ns(st, fname)
-        cfgs = configs_for(fn, st.gpu_type, st.units_per_gpu, limit) or [fastest_config(fn, st.gpu_type, st.units_per_gpu, limit)]
+        cfgs = self.offered_configs(view, st, fname)
         caps = [(self._cap(self._live_config(st, i)), i) for i in live]
         total = sum(c for c, _ in caps)
         if rate_rps > total:

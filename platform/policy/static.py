@@ -20,8 +20,8 @@ import math
 from typing import Any
 
 from gpufaas.platform.errors import UserError
-from gpufaas.platform.policy.baselines import (Config, PoolPolicy, PoolState, configs_for, fastest_config,
-                                               fills_in_time, fixed_pool, function_rates_rps)
+from gpufaas.platform.policy.baselines import (Config, PoolPolicy, PoolState, fills_in_time, fixed_pool,
+                                               function_rates_rps)
 from gpufaas.platform.runtime import Instance
 from gpufaas.platform.views import ClusterView
 
@@ -62,14 +62,14 @@ class StaticPolicy(PoolPolicy):
                             "`gpufaas sim` or give policy_params static: {rates_rps: {workflow: rps}}")
         rates = function_rates_rps(view, self.rates_rps)
         plan = {}
-        for fname, fn in view.functions.items():
-            if st.gpu_type not in fn.tables or rates[fname] <= 0:
+        for fname in view.functions:
+            if rates[fname] <= 0:
                 continue
             limit = self.limit_ns(st, fname)
-            cfgs = configs_for(fn, st.gpu_type, st.units_per_gpu, limit)
+            cfgs = self.offered_configs(view, st, fname)  # the configs that fit, else the fastest alone
             choice = self.plan_for(cfgs, rates[fname], limit)
             if choice is None:
-                c = fastest_config(fn, st.gpu_type, st.units_per_gpu, limit)
+                c = min(cfgs, key=lambda x: x.latency_ns)
                 choice = (c, max(1, math.ceil(rates[fname] / c.capacity_rps(self.target_utilisation))))
             plan[fname] = choice
         return plan
