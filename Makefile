@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test bench demo lint clean
+.PHONY: install test bench demo results lint clean
 
 install: $(STAMP)
 
@@ -26,6 +26,11 @@ bench: install
 
 demo: install
 	$(BIN)/python -m gpufaas.gateway.demo
+
+# Regenerate the README results block, docs/results-pareto.png and docs/results.json (every scenario x policy x
+# load x seed, one worker per CPU; pass e.g. RESULTS_ARGS='-j 4 --scenarios chain' to narrow it).
+results: install
+	$(BIN)/gpufaas results --json-out docs/results.json $(RESULTS_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

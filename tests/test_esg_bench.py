@@ -20,7 +20,7 @@ def test_small_run_reports_every_figure_and_epsilon_zero_is_exact():
 
 
 def test_cli_prints_one_json_object(capsys):
-    main(["bench", "scheduler", "--cases", "7", "--epsilon", "0.1", "--skip-no-blades", "--json"])
+    main(["bench", "scheduler", "--cases", "7", "--epsilon", "0.1", "--skip-no-blades", "--no-passes", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert out["epsilon"] == 0.1 and out["optimality_gap"]["max"] <= 0.1
 

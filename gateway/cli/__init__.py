@@ -27,8 +27,10 @@ def cli() -> None:
 def _register() -> None:
     """Add every verb; this file is the one place that names them."""
     from gpufaas.gateway.cli import bench, gateway_cmds, loadgen_cmd, profile_cmd, sim
+    from gpufaas.loadgen import results
 
     cli.add_command(sim.sim)
+    cli.add_command(results.COMMAND)
     bench.register_all()
     cli.add_command(bench.bench)
     for mod in (gateway_cmds, loadgen_cmd, profile_cmd):

@@ -11,6 +11,12 @@ decisions share it too), nodes expanded and the fraction of considered children 
 then the same for the A* without blades, so the reader sees what pruning saves. Figures only, never
 pass/fail.
 
+Then, under "controller_passes" (skip with `--no-passes`), the controller's real per-pass decision time
+on shipped scenarios at load 1 (`policy.schedule` as the simulator calls it, in the live controller, one
+core): p50/p99/max of `decision_us` and the number of passes for `esg`, and invocations simulated per
+wall second for `esg` and for `static`, with the issue's target on scale128 (esg >= 1/3 of static's
+rate) stated as figures, never as an exit code.
+
 Who calls it: `gpufaas bench scheduler` / `gpufaas bench all`. It changes nothing outside itself.
 """
 
@@ -20,6 +26,7 @@ import json
 import math
 import random
 import sys
+from pathlib import Path
 
 import click
 
@@ -30,6 +37,10 @@ from gpufaas.platform.policy import search as S
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128)
 UNITS = tuple(range(1, 11))  # 10 share levels of 10%
 NO_BLADE_MAX_EXPANSIONS = 20_000
+PASS_SCENARIOS = ("chain", "video", "mixed", "scale128")
+PASS_POLICIES = ("esg", "static")
+RATE_TARGET_SCENARIO = "scale128"
+RATE_TARGET_FRACTION = 1 / 3
 
 
 def make_case(rng: random.Random, num_stages: int, dag: bool) -> tuple[list[S.StageTable], int]:
@@ -131,19 +142,101 @@ def run_bench(cases: int = 210, epsilon: float = 0.05, seed: int = 7, no_blades:
     return out
 
 
+def resolve_scenario(name_or_path: str) -> Path:
+    """A shipped scenario's name (`chain`) or a path to a scenario file; UserError if neither exists."""
+    from gpufaas.gateway.cli.bench import SCENARIOS
+
+    p = Path(name_or_path)
+    if p.suffix not in (".yaml", ".yml"):
+        p = SCENARIOS / f"{name_or_path}.yaml"
+    if not p.is_file():
+        shipped = sorted(q.stem for q in SCENARIOS.glob("*.yaml"))
+        raise UserError(f"--passes-scenarios: no scenario '{name_or_path}'; give a file path or one of {', '.join(shipped)}")
+    return p
+
+
+def _one_pass_run(sc, policy: str) -> dict:
+    """One load-1 run of `sc` under `policy`: decision time per pass and simulated invocations per wall s."""
+    from gpufaas.loadgen.simdriver import run_scenario
+
+    seen: dict = {}
+    t0 = perf_ns()  # NOTE: timed here, not from the report's sim_wall_s, which is rounded to 1 ms
+    r = run_scenario(sc, policy, on_event=lambda ctl: seen.update(passes=ctl.acct.decision_us.n,
+                                                                  max_us=ctl.acct.decision_us.max))
+    wall_s = (perf_ns() - t0) / 1e9
+    return {"passes": seen["passes"], "decision_us": {"p50": r["decision_us"]["p50"], "p99": r["decision_us"]["p99"],
+                                                      "max": round(seen["max_us"], 1)},
+            "invocations": r["invocations"], "sim_wall_s": round(wall_s, 4),
+            "invocations_per_s": round(r["invocations"] / wall_s, 1)}
+
+
+def controller_passes(scenarios: list[str], duration_s: float | None = 30.0,
+                      policies: tuple[str, ...] = PASS_POLICIES) -> dict:
+    """Per scenario: each policy's per-pass decision time and simulation rate at load 1, the esg/static rate
+    ratio, and on RATE_TARGET_SCENARIO (scale128) whether esg reaches 1/3 of static's rate. `duration_s` caps each scenario's
+    arrivals (None: the scenario's own). Called by the `scheduler` benchmark and its tests."""
+    from gpufaas.loadgen.scenario import load_scenario
+    from gpufaas.loadgen.simdriver import run_scenario
+
+    paths = [resolve_scenario(n) for n in scenarios]
+    out: dict = {"load": 1.0, "duration_cap_s": duration_s, "scenarios": {}}
+    warmed = False
+    for path in paths:
+        sc = load_scenario(path)
+        update: dict = {}
+        if duration_s is not None and duration_s < sc.duration_s:
+            update["duration_s"] = duration_s
+        if "warmup_s" in type(sc).model_fields:  # NOTE: count every arrival simulated: no warm-up cut
+            update["warmup_s"] = 0.0
+        sc = sc.model_copy(update=update)
+        if not warmed:  # the first run also pays for imports and the profile memos: not the policy's time
+            for pol in policies:
+                run_scenario(sc.model_copy(update={"duration_s": min(0.5, sc.duration_s)}), pol)
+            warmed = True
+        entry: dict = {"duration_s": sc.duration_s, "policies": {pol: _one_pass_run(sc, pol) for pol in policies}}
+        rates = {pol: v["invocations_per_s"] for pol, v in entry["policies"].items()}
+        if rates.get("esg") and rates.get("static"):
+            entry["esg_over_static_rate"] = round(rates["esg"] / rates["static"], 4)
+            if sc.name == RATE_TARGET_SCENARIO:
+                entry["rate_target"] = {"esg_over_static_at_least": round(RATE_TARGET_FRACTION, 4),
+                                        "met": rates["esg"] >= RATE_TARGET_FRACTION * rates["static"]}
+        out["scenarios"][sc.name] = entry
+    return out
+
+
+def _parse_names(value: str) -> list[str]:
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names:
+        raise UserError("--passes-scenarios: give at least one scenario name or path")
+    return names
+
+
 @click.command("scheduler")
 @click.option("--epsilon", type=float, default=0.05, show_default=True, help="A* stop tolerance: within (1 + E) of optimal (0 = exact)")
 @click.option("--cases", type=int, default=210, show_default=True, help="number of random cases (at least 200 for the reported figures)")
 @click.option("--seed", type=int, default=7, show_default=True, help="seed of the random cases")
 @click.option("--no-blades/--skip-no-blades", "no_blades", default=True, help="also run the A* without pruning (slower)")
+@click.option("--passes/--no-passes", "passes", default=True, help="also time the controller's real passes on shipped scenarios")
+@click.option("--passes-scenarios", default=",".join(PASS_SCENARIOS), show_default=True,
+              help="scenarios for the pass timing: shipped names or YAML paths, comma-separated")
+@click.option("--passes-duration", "passes_duration_s", type=float, default=30.0, show_default=True,
+              help="cap each scenario's arrivals at this many seconds (0 = the scenario's own duration)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
-def COMMAND(epsilon: float, cases: int, seed: int, no_blades: bool, as_json: bool) -> None:
-    """ESG_1Q A*-search vs the exhaustive oracle: optimality gap, decision time, pruning."""
+def COMMAND(epsilon: float, cases: int, seed: int, no_blades: bool, passes: bool, passes_scenarios: str,
+            passes_duration_s: float, as_json: bool) -> None:
+    """ESG_1Q A*-search vs the exhaustive oracle (gap, decision time, pruning); ESG's real per-pass time."""
     if not (epsilon >= 0 and math.isfinite(epsilon)):
         raise UserError(f"--epsilon: must be a finite number >= 0, got {epsilon}")
     if cases < 1:
         raise UserError(f"--cases: must be >= 1, got {cases}")
+    if not (passes_duration_s >= 0 and math.isfinite(passes_duration_s)):
+        raise UserError(f"--passes-duration: must be a finite number >= 0 seconds, got {passes_duration_s}")
+    names = _parse_names(passes_scenarios) if passes else []
+    for n in names:  # every name is checked before the first (minutes-long) run
+        resolve_scenario(n)
     result = run_bench(cases, epsilon, seed, no_blades)
+    if passes:
+        result["controller_passes"] = controller_passes(names, passes_duration_s or None)
     if as_json:
         json.dump(result, sys.stdout)
         sys.stdout.write("\n")
