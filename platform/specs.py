@@ -170,6 +170,9 @@ class WorkflowSpec(Spec):
     stages: list[StageSpec] = Field(min_length=1, description="the stages; entry stages have no 'after'")
     tenant: str = Field("default", description="owning tenant")
     priority: str = Field("realtime", pattern="^(realtime|batch)$", description="'realtime' (has an SLO) or 'batch' (fills idle capacity)")
+    on_deadline_miss: str = Field("run", pattern="^(run|reject)$",
+                                  description="an invocation that can no longer meet its SLO: 'run' it anyway when capacity "
+                                              "is free (it is reported as a miss; shed only under contention) or 'reject' it")
 
     @model_validator(mode="after")
     def _dag(self) -> "WorkflowSpec":

@@ -15,7 +15,7 @@ from gpufaas.loadgen.scenario import load_scenario
 from gpufaas.loadgen.simdriver import run_scenario
 from tests.conftest import ROOT, SCENARIOS
 
-GOLDEN = ROOT / "tests" / "golden" / "chain_batch1_30s.json"
+GOLDEN_DIR = ROOT / "tests" / "golden"
 KEYS = ("invocations", "completed", "slo_hit_rate", "cost", "latency_ms", "cold_starts", "mean_batch", "per_workflow")
 
 
@@ -23,14 +23,17 @@ def short(name: str, seconds: float = 30):
     return load_scenario(SCENARIOS / f"{name}.yaml").model_copy(update={"duration_s": seconds})
 
 
-def test_golden_run():
-    """The chain scenario (30 s) under batch1-wholegpu reproduces the stored figures exactly.
-    Regenerate after an intended behaviour change with GPUFAAS_UPDATE_GOLDEN=1."""
-    r = run_scenario(short("chain"), "batch1-wholegpu", check_invariants=True, check_purity=True)
+@pytest.mark.parametrize("policy,golden", [("batch1-wholegpu", "chain_batch1_30s.json"), ("esg", "chain_esg_30s.json")])
+def test_golden_run(policy, golden):
+    """The chain scenario (30 s) under `policy` reproduces the stored figures exactly. Regenerate after an
+    intended behaviour change with GPUFAAS_UPDATE_GOLDEN=1; a missing file is a failure, never written."""
+    path = GOLDEN_DIR / golden
+    r = run_scenario(short("chain"), policy, check_invariants=True, check_purity=True)
     got = {k: r[k] for k in KEYS}
-    if os.environ.get("GPUFAAS_UPDATE_GOLDEN") or not GOLDEN.exists():
-        GOLDEN.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
-    assert got == json.loads(GOLDEN.read_text())
+    if os.environ.get("GPUFAAS_UPDATE_GOLDEN"):
+        path.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+    assert path.exists(), f"{path} is missing; generate it with GPUFAAS_UPDATE_GOLDEN=1 and review it"
+    assert got == json.loads(path.read_text())
 
 
 def test_same_seed_same_numbers_other_seed_differs():

@@ -271,3 +271,15 @@ async def test_inproc_zero_time_batches_all_end_once_with_accounting(tmp_path):
         ctl.check_invariants()
     finally:
         await plat.close()
+
+
+async def test_first_invoke_on_idle_gateway_returns_result_with_slo_missed(aiohttp_client, tmp_path):
+    """Right after a deploy nothing is warm and the cold start exceeds the 100 ms SLO: the invocation
+    still runs (esg, on_deadline_miss: run) and answers 200 with its result and slo_met false."""
+    c = await aiohttp_client(create_app(make_cfg(tmp_path, cold_start_scale=0.2)))
+    await deploy_chain(c)
+    r = await c.post("/v1/workflows/image-classify/invoke", json={})
+    assert r.status == 200, await r.text()
+    d = await r.json()
+    assert d["status"] == "completed" and d["slo_met"] is False and d["latency_ms"] > 100
+    assert np.asarray(d["output"]["logits"]).shape == (1000,)

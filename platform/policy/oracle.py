@@ -18,8 +18,8 @@ class OraclePolicy(EsgPolicy):
 
     name = "oracle"
 
-    def __init__(self, slack: float = 0.1, idle_stop_s: float = 2.0) -> None:
-        super().__init__(epsilon=0.0, slack=slack, idle_stop_s=idle_stop_s)
+    def __init__(self, target_hit: float = 0.99) -> None:
+        super().__init__(epsilon=0.0, target_hit=target_hit)
 
     def search(self, problem: list[S.StageTable], budget_ns: int) -> S.Result:
         """The exact optimum (exhaustive Pareto enumeration)."""

@@ -1,0 +1,192 @@
+"""ESG_Dispatch with late binding: jobs wait in their workflow's queues until an instance is idle, and
+are shed under contention when they can no longer meet their deadline.
+
+- **Order.** A function's queued jobs (all its AFW queues) are served earliest *stage* deadline first.
+  A job's stage deadline is its segment's budget from the time actually left (dominator split,
+  `slo.stage_budget_ns`): now + (deadline - now) x the stage's budget weight. One queue is FIFO.
+- **Bind late.** A batch goes only to an idle instance, most recently idle first and draining ones
+  (surplus to the pool's need, `esg_pool`) last, so that surplus instances stay idle and are
+  released; among the first few, the one on the head's input GPU (data locality). A batch never
+  queues behind a busy or cold-starting instance: nothing is committed where it cannot start now.
+- **Size.** The batch takes as many jobs as the instance's `max_batch` allows, shrunk while the head
+  could not finish its stage by the latest time that still lets its deadline be met.
+- **Shed.** A job that cannot meet its deadline even on the fastest path (`fastest_after_ns`) is
+  rejected when its workflow says `on_deadline_miss: reject`, or when there is contention (more jobs
+  than the idle instances take now); otherwise it runs and counts as a miss. At a tick, a function
+  whose queue exceeds one round of all its instances projects each job's finish in queue order and
+  sheds those that would miss, so the capacity goes to jobs that can still make it (goodput).
+
+Who calls it: `esg.EsgPolicy.schedule`. Reads the view; appends `Dispatch`/`Reject` actions.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from typing import Iterable, Iterator
+
+from gpufaas.platform.decisions import Dispatch, Reject
+from gpufaas.platform.policy.esg_plan import WorkflowPlan
+from gpufaas.platform.runtime import AfwQueue, Instance, InstanceState, Job
+from gpufaas.platform.views import ClusterView
+
+_STARTING = InstanceState.STARTING
+_REJECT_REASON = "shed: cannot meet its deadline and the function's capacity is contended"
+_MISS_REASON = "deadline cannot be met (workflow on_deadline_miss: reject)"
+# NOTE: how many idle instances the locality preference looks through for the head's input GPU: a
+# bound on per-pass work at large clusters; beyond it the most recently idle instance is used
+LOCALITY_SCAN = 8
+
+
+def by_function(queues: Iterable[AfwQueue]) -> dict[str, list[AfwQueue]]:
+    """Ready queues grouped by function, in the controller's order."""
+    out: dict[str, list[AfwQueue]] = {}
+    for q in queues:
+        lst = out.get(q.function)
+        if lst is None:
+            out[q.function] = [q]
+        else:
+            lst.append(q)
+    return out
+
+
+def ordered_jobs(qs: list[AfwQueue], plans: dict[str, WorkflowPlan], now_ns: int) -> Iterator[Job]:
+    """A function's queued jobs, earliest stage deadline first (module docstring)."""
+    if len(qs) == 1:
+        return iter(qs[0].jobs)
+
+    def keyed(q: AfwQueue) -> Iterator[tuple[float, int, Job]]:
+        plan = plans.get(q.workflow.name)
+        w = plan.budget_weight[q.stage.index] if plan is not None else 1.0
+        for j in q.jobs:
+            yield now_ns + (j.inv.deadline_ns - now_ns) * w, j.id, j
+
+    return (t[2] for t in heapq.merge(*(keyed(q) for q in qs)))
+
+
+def _fastest_after(plans: dict[str, WorkflowPlan], job: Job) -> int:
+    plan = plans.get(job.inv.workflow.name)
+    return plan.fastest_after_ns[job.stage.index] if plan is not None else 0
+
+
+def _hopeless(plans: dict[str, WorkflowPlan], job: Job, start_ns: int, run_ns: int) -> bool:
+    return start_ns + run_ns + _fastest_after(plans, job) > job.inv.deadline_ns
+
+
+def dispatch(view: ClusterView, now_ns: int, fname: str, qs: list[AfwQueue], queued: int,
+             plans: dict[str, WorkflowPlan], used: set[int], draining: set[int], actions: list) -> None:
+    """Give `fname`'s queued jobs (`queued` of them in `qs`) to its idle instances (module docstring).
+    `used`: instances given work in this pass (updated); `draining`: instances to use last."""
+    idle = [i for i in view.idle_instances(fname) if i.id not in used]
+    if not idle:
+        return
+    idle.reverse()  # most recently idle first
+    if draining:
+        idle.sort(key=lambda i: i.id in draining)  # stable: draining ones last
+    room = sum(i.max_batch for i in idle)
+    contended = queued > room
+    jobs = ordered_jobs(qs, plans, now_ns)
+    shed: list[int] = []
+    missed: list[int] = []
+    held: list[Job] = []  # jobs taken from the order but not yet placed (excluded here, or cut from a batch)
+
+    def drop(j: Job, start_ns: int, run_ns: int) -> bool:
+        """Reject `j` if it cannot meet its deadline and the rules say so (module docstring)."""
+        if not _hopeless(plans, j, start_ns, run_ns):
+            return False
+        if j.inv.workflow.spec.on_deadline_miss == "reject":
+            missed.append(j.id)
+        elif contended:
+            shed.append(j.id)
+        else:
+            return False
+        return True
+
+    while idle:
+        head = held.pop(0) if held else next(jobs, None)
+        if head is None:
+            break
+        inst = _pick(idle, head)
+        if head.excluded == inst.id:  # a failed attempt there: another instance, or it waits
+            alt = next((k for k, i in enumerate(idle) if i.id != head.excluded), None)
+            idle.append(inst)
+            if alt is None:
+                break
+            inst = idle.pop(alt)
+        x = view.transfer_ns(head, inst.gpu) if head.stage.preds else 0
+        if drop(head, now_ns + x, inst.batch_latency_ns(1)):
+            idle.insert(0, inst)  # still free
+            continue
+        batch = [head]
+        skipped: list[Job] = []
+        pending, held = held, []
+        run1 = inst.batch_latency_ns(1)
+        for k, j in enumerate(itertools.chain(pending, jobs)):
+            if len(batch) >= inst.max_batch:
+                held = pending[k:]  # those of `pending` not looked at (none if k is past them)
+                if k < len(pending):
+                    break
+                held = [j]  # from the order: looked at, not placed
+                break
+            if j.excluded == inst.id:
+                skipped.append(j)
+            elif not drop(j, now_ns, run1):
+                batch.append(j)
+        # shrink while the head could not finish its stage in time with the larger batch (keep >= 1)
+        slack = head.inv.deadline_ns - now_ns - x - _fastest_after(plans, head)
+        k = len(batch)
+        while k > 1 and inst.batch_latency_ns(k) > slack:
+            k -= 1
+        held = skipped + batch[k:] + held
+        used.add(inst.id)
+        actions.append(Dispatch(tuple(j.id for j in batch[:k]), inst.id))
+    if shed:
+        actions.append(Reject(tuple(shed), _REJECT_REASON))
+    if missed:
+        actions.append(Reject(tuple(missed), _MISS_REASON))
+
+
+def _pick(idle: list[Instance], head: Job) -> Instance:
+    """Remove and return the instance for `head`: the first (of `LOCALITY_SCAN`) on the GPU that holds
+    its inputs, else the most recently idle."""
+    preds = head.stage.preds
+    if preds:
+        src = head.inv.out_gpu[preds[0]]
+        for k, inst in enumerate(itertools.islice(idle, LOCALITY_SCAN)):
+            if inst.gpu is src:
+                return idle.pop(k)
+    return idle.pop(0)
+
+
+def shed_backlog(view: ClusterView, now_ns: int, fname: str, qs: list[AfwQueue], queued: int,
+                 plans: dict[str, WorkflowPlan], actions: list) -> None:
+    """At a tick: if `fname`'s queue exceeds one round of all its live instances, project each job's
+    finish in service order (rounds of the instances' full batches) and reject the jobs that would miss."""
+    live = [i for i in view.instances(fname) if not i.stopping]
+    if not live:
+        return
+    per_round = sum(i.max_batch for i in live)
+    if queued <= per_round:
+        return
+    round_ns = sum(i.batch_latency_ns(i.max_batch) for i in live) // len(live)
+    first_ns = min(_free_in_ns(view, i, now_ns) for i in live)
+    admitted = 0
+    shed: list[int] = []
+    for j in ordered_jobs(qs, plans, now_ns):
+        finish = now_ns + first_ns + (admitted // per_round + 1) * round_ns + _fastest_after(plans, j)
+        if finish > j.inv.deadline_ns:
+            shed.append(j.id)
+        else:
+            admitted += 1
+    if shed:
+        actions.append(Reject(tuple(shed), _REJECT_REASON))
+
+
+def _free_in_ns(view: ClusterView, inst: Instance, now_ns: int) -> int:
+    """How long until `inst` could take a batch: 0 if idle, else its cold start's or batch's remainder."""
+    if inst.state == _STARTING:
+        return max(0, inst.start_ns + view.cold_start_ns(inst.function.name, inst.gpu) - now_ns)
+    b = inst.current
+    if b is None:
+        return 0
+    return max(0, max(b.start_ns, b.not_before_ns) + inst.batch_latency_ns(len(b.jobs)) - now_ns)

@@ -1,0 +1,276 @@
+"""ESG's plan: per workflow, the cheapest (GPU type, batch, share) per stage that meets the SLO at the
+observed load, found with the A*-search; per function, the pool that serves it.
+
+The cost model sees the whole bill, not only the busy time. A provider pays for the share an
+instance holds over its life (waiting, idle, cold-starting), so the cost of a configuration is the
+share the function must hold to serve its observed rate with it, per request:
+
+    capacity         c    = what keeps P(wait > k rounds) <= eps     (`capacity_needed_rps`; a round:
+                                                                      one batch's run time)
+    instances        n    = ceil(c x latency(b, share) / b), at least 1
+    cost per request      = n x share x price / rate
+
+A configuration is (GPU type, batch b, share, rounds k): a job may wait up to k rounds and then runs in
+the next, so a stage's planned time is (k + 1) x latency(b, share), plus the transfer of its inputs.
+The capacity follows from the observed rate and index of dispersion D of the arrivals (`esg_rates`)
+by the heavy-traffic approximation of the queue; `eps` follows from the policy's `target_hit` (the
+share of invocations that should meet their SLO) split evenly over the workflow's stages. Nothing is
+tuned per scenario.
+
+The search is `search.astar` (ESG_1Q with the dual blades) over the whole workflow (a virtual root
+feeds the entry stages), with the end-to-end SLO as budget. The stages' planned times feed the
+dominator-based SLO split (`slo.make_plan`): the dispatcher orders and sheds jobs by the budget their
+segment gets from the time actually left (`slo.stage_budget_ns`).
+
+Who calls it: `esg.EsgPolicy` (on a tick, when a workflow's observed load moved by a planning step),
+tests. Pure: reads the view, returns new values.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+from gpufaas.platform.policy import search as S
+from gpufaas.platform.policy.slo import SloPlan, make_plan
+from gpufaas.platform.runtime import Gpu, WorkflowRt
+from gpufaas.platform.views import ClusterView
+
+NS_PER_S = 1_000_000_000
+# NOTE: a workflow with no observed rate yet is planned for this rate: every option then needs one
+# instance, and the cheapest is the smallest share that meets the SLO (the cost ordering does not
+# depend on the value, only that it is small and positive).
+MIN_RATE_RPS = 1e-3
+# NOTE: the waiting rounds a plan may allow (see `stage_options`): powers of two cover the range a
+# stage's share of an SLO can hold (a round is one batch's run time) with few options per stage; the
+# Pareto filter drops the ones that buy nothing
+ROUNDS = (1, 2, 4, 8)
+
+
+@dataclass(frozen=True, slots=True)
+class StageChoice:
+    """The configuration planned for one stage: where (`gpu_type`), `batch`, `units` of share, its
+    batch latency, the instances its rate needs on its own, and its planned time (the rounds it may
+    wait, its own, and its input transfer)."""
+
+    gpu_type: str
+    batch: int
+    units: int
+    latency_ns: int
+    instances: int
+    time_ns: int
+    rounds: int = 1
+    wait_ns: int = 0  # the queueing its pool is sized for: its share of the SLO less its run and transfer
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowPlan:
+    """A workflow's plan at one observed load. `budget_weight[i]`: stage i's share of the time left to
+    its deadline under the dominator split (its segment's remaining planned time over everything still
+    ahead); `fastest_after_ns[i]`: the least time any job needs after stage i (fastest configurations,
+    transfers included): the test for an invocation that can no longer meet its deadline."""
+
+    key: tuple
+    choices: tuple[StageChoice, ...]
+    slo: SloPlan
+    budget_weight: tuple[float, ...]
+    fastest_ns: tuple[int, ...]
+    fastest_after_ns: tuple[int, ...]
+    feasible: bool
+
+
+def miss_budget(target_hit: float, stages: int) -> float:
+    """The probability a stage may let a job wait past its planned rounds: the target miss rate
+    (1 - target_hit) split evenly over the workflow's stages."""
+    return max(1e-9, (1.0 - target_hit) / max(1, stages))
+
+
+def capacity_needed_rps(rate_rps: float, dispersion: float, wait_ns: int, eps: float) -> float:
+    """The service rate (jobs/s) a pool needs so that a job waits longer than `wait_ns` with
+    probability at most `eps`, for arrivals of rate `rate_rps` and index of dispersion `dispersion`.
+
+    The heavy-traffic (reflected Brownian motion) approximation of the queue: its content exceeds x
+    with probability exp(-2 (c - r) x / (D r)) (Kingman, "On queues in heavy traffic", J. R. Stat. Soc.
+    B 24, 1962; Harrison, "Brownian Motion and Stochastic Flow Systems", 1985). A job behind x jobs
+    waits x / c; setting x = c x wait and solving (c - r) c = D r ln(1/eps) / (2 wait) for c."""
+    if rate_rps <= 0:
+        return 0.0
+    wait_s = max(wait_ns, 1) / NS_PER_S
+    a = max(dispersion, 0.0) * rate_rps * math.log(1.0 / eps) / (2.0 * wait_s)
+    return (rate_rps + math.sqrt(rate_rps * rate_rps + 4.0 * a)) / 2.0
+
+
+def instances_needed(rate_rps: float, dispersion: float, latency_ns: int, batch: int, rounds: int, eps: float) -> int:
+    """Instances of (batch, latency) whose full-batch throughput is the capacity needed to keep a job's
+    wait within `rounds` rounds (`capacity_needed_rps`); at least 1."""
+    c = capacity_needed_rps(rate_rps, dispersion, rounds * latency_ns, eps)
+    return max(1, math.ceil(c * latency_ns / NS_PER_S / batch - 1e-9))
+
+
+def gpu_types(view: ClusterView) -> list[Gpu]:
+    """One representative GPU per GPU type of the cluster (option tables are per type)."""
+    seen: dict[str, Gpu] = {}
+    for g in view.gpus:
+        seen.setdefault(g.type_name, g)
+    return list(seen.values())
+
+
+def transfer_estimates_ns(view: ClusterView, wf: WorkflowRt, host_ns_per_byte: float) -> list[int]:
+    """Per stage of `wf`, the time to move one job's inputs to it: its largest predecessor output at
+    `host_ns_per_byte` (0 for entry stages).
+
+    NOTE: a same-node move, estimated before the placement is known: the controller charges nothing on
+    the same GPU, host bandwidth on one node, network latency + bandwidth across nodes
+    (`Controller.transfer_ns`); the pool places a stage's instances near its predecessors' first."""
+    out = []
+    for s in wf.stages:
+        nbytes = max((view.functions[wf.stages[p].function].output_bytes for p in s.preds), default=0)
+        out.append(int(nbytes * host_ns_per_byte))
+    return out
+
+
+def stage_options(view: ClusterView, function: str, rate_rps: float, dispersion: float, eps: float) -> list[tuple]:
+    """The Pareto front (no option both cheaper and faster) of `function`'s configurations on the
+    cluster, as (cost per request, planned time without transfer, StageChoice), at the observed load.
+
+    A configuration is (GPU type, batch, share, rounds): with `rounds` = k, a job may wait up to k
+    rounds before its own, so a burst is absorbed over k rounds instead of one: fewer instances, a
+    longer planned time (k + 1 rounds). The search then trades queueing time against held share where
+    the SLO leaves room."""
+    fn = view.functions[function]
+    rate = max(rate_rps, MIN_RATE_RPS)
+    cand = []
+    for g in gpu_types(view):
+        t = g.type_name
+        if t not in fn.tables:
+            continue
+        for u in fn.share_units[t]:
+            for b in fn.batch_sizes:
+                lat = fn.latency_ns(t, b, u, g.share_units)
+                for k in ROUNDS:
+                    n = instances_needed(rate, dispersion, lat, b, k, eps)
+                    cost = n * u * g.usd_per_unit_ns * NS_PER_S / rate
+                    time = (k + 1) * lat
+                    cand.append((cost, time, StageChoice(t, b, u, lat, n, time, k)))
+    cand.sort(key=lambda o: (o[0], o[1]))
+    front = []
+    best_time = None
+    for o in cand:
+        if best_time is None or o[1] < best_time:
+            front.append(o)
+            best_time = o[1]
+    return front
+
+
+def plan_workflow(view: ClusterView, wf: WorkflowRt, rate_rps: float, dispersion: float, target_hit: float,
+                  transfer_ns: list[int], search: Callable[[list[S.StageTable], int], S.Result], key: tuple) -> WorkflowPlan:
+    """The cheapest per-stage configurations whose critical path (planned times + transfers) meets the
+    SLO, by ESG's A*-search; the fastest ones when none does (`feasible` False)."""
+    n = len(wf.stages)
+    eps = miss_budget(target_hit, n)
+    per_stage = [stage_options(view, s.function, rate_rps, dispersion, eps) for s in wf.stages]
+    problem = [S.StageTable((S.Option(0.0, 0, 1, 0),))]  # a virtual root feeds the entry stages
+    for i, s in enumerate(wf.stages):
+        opts = tuple(S.Option(c, t, ch.batch, ch.units, k) for k, (c, t, ch) in enumerate(per_stage[i]))
+        problem.append(S.StageTable(opts, tuple(p + 1 for p in s.preds) or (0,), 0, transfer_ns[i]))
+    res = search(problem, wf.slo_ns)
+    fastest = [min(per_stage[i], key=lambda o: (o[2].latency_ns, o[0])) for i in range(n)]
+    if res.choice is not None:
+        picked = [per_stage[i][problem[i + 1].options[res.choice[i + 1]].tag] for i in range(n)]
+    else:
+        picked = fastest
+    preds = [s.preds for s in wf.stages]
+    times = [ch.time_ns + transfer_ns[i] for i, (_, _, ch) in enumerate(picked)]
+    slo = make_plan(preds, times)
+    # NOTE: the plan's critical path is usually shorter than the SLO; the dominator split hands each
+    # segment its share of the whole SLO, so a stage's budget is its planned time scaled by SLO / critical
+    # path, and the queueing its pool is sized for is that budget less its own run and transfer. That
+    # is where the SLO's slack goes: fewer instances, not idle time.
+    cp = sum(slo.weights_ns)
+    scale = wf.slo_ns / cp if cp > 0 and res.choice is not None else 1.0
+    choices = tuple(StageChoice(ch.gpu_type, ch.batch, ch.units, ch.latency_ns, ch.instances, times[i], ch.rounds,
+                                max(ch.rounds * ch.latency_ns, int(times[i] * scale) - ch.latency_ns - transfer_ns[i]))
+                    for i, (_, _, ch) in enumerate(picked))
+    weights = []
+    for i in range(n):
+        rest = slo.rest_ns[i]
+        later = slo.later_ns[slo.segment_of[i]]
+        weights.append(rest / (rest + later) if rest + later > 0 else 1.0)
+    # the least time a job needs from a stage's start on: one batch of one at the fastest configuration
+    fastest_ns = [fastest[i][2].latency_ns + transfer_ns[i] for i in range(n)]
+    after = [0] * n
+    for s in reversed(wf.stages):
+        after[s.index] = max((fastest_ns[c] + after[c] for c in s.succs), default=0)
+    return WorkflowPlan(key, choices, slo, tuple(weights), tuple(fastest_ns), tuple(after), res.choice is not None)
+
+
+def needs_replan(plan: "WorkflowPlan | None", wf: WorkflowRt, rate_rps: float, dispersion: float) -> bool:
+    """Whether the observed load has moved far enough from the one `plan` was made for to search again:
+    the rate by more than 2^(1/4) (19 %) or the dispersion by more than 2^(1/2), either way.
+
+    NOTE: the steps are the sizing formula's sensitivity: capacity moves about linearly with the rate
+    and with the square root of the dispersion, so both steps move it by under about 19 %; a band
+    around the planned load, not a grid, so noise at a cell boundary does not search again and again."""
+    if plan is None or plan.key[0] is not wf:
+        return True
+    r0, d0 = plan.key[1], plan.key[2]
+    r, r0 = max(rate_rps, MIN_RATE_RPS), max(r0, MIN_RATE_RPS)
+    return (abs(math.log2(r / r0)) > 0.25
+            or abs(math.log2(max(dispersion, 1e-3) / max(d0, 1e-3))) > 0.5)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolTarget:
+    """What one function's pool should be: instances of (`gpu_type`, `batch`, `units`) whose combined
+    full-batch throughput covers `need_rps` (its rate plus the burst headroom), and at least one;
+    surplus is released only down to `keep_rps`; a job may wait `wait_ns` before its batch runs."""
+
+    function: str
+    gpu_type: str
+    batch: int
+    units: int
+    latency_ns: int
+    need_rps: float
+    keep_rps: float
+    wait_ns: int
+
+
+def pool_targets(view: ClusterView, plans: dict[str, WorkflowPlan], loads: dict[str, tuple[float, float, float]],
+                 target_hit: float) -> dict[str, PoolTarget]:
+    """Per function, one target: the planned configuration of its tightest stage (the shortest planned
+    time: it also meets every looser stage's plan), sized for the summed rate of every stage that
+    uses it, with the largest dispersion among them. `loads`: per workflow (rate, dispersion, the
+    rate's averaging time in s).
+
+    `keep_rps` is the need at the upper end of the rate's confidence interval (two standard errors; the
+    rate is a count over about `tau` seconds, so its variance is D x rate / tau): the pool releases
+    share only below that, and grows above `need_rps`, so noise in the estimate does not start and
+    stop instances in turn."""
+    acc: dict[str, list] = {}
+    for wname, plan in plans.items():
+        wf = view.workflows.get(wname)
+        if wf is None:
+            continue
+        rate, disp, tau_s = loads.get(wname, (0.0, 1.0, 1.0))
+        var = disp * rate / tau_s if tau_s > 0 else 0.0
+        for s in wf.stages:
+            ch = plan.choices[s.index]
+            a = acc.get(s.function)
+            if a is None:
+                acc[s.function] = [ch, rate, disp, len(wf.stages), var]
+            else:
+                if ch.wait_ns + ch.latency_ns < a[0].wait_ns + a[0].latency_ns:
+                    a[0] = ch
+                a[1] += rate
+                a[2] = max(a[2], disp)
+                a[3] = max(a[3], len(wf.stages))
+                a[4] += var
+    out = {}
+    for f, (ch, rate, disp, stages, var) in acc.items():
+        eps = miss_budget(target_hit, stages)
+        wait_ns = ch.wait_ns
+        need = capacity_needed_rps(max(rate, MIN_RATE_RPS), disp, wait_ns, eps)
+        keep = capacity_needed_rps(max(rate + 2.0 * math.sqrt(var), MIN_RATE_RPS), disp, wait_ns, eps)
+        out[f] = PoolTarget(f, ch.gpu_type, ch.batch, ch.units, ch.latency_ns, need, keep, wait_ns)
+    return out

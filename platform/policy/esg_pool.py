@@ -1,0 +1,238 @@
+"""ESG's pools: start what a function's plan lacks, release what its rate no longer needs, take share
+back from other functions' idle instances when a function has nowhere to grow.
+
+Per function, the plan (`esg_plan.pool_targets`) gives a configuration and the throughput its observed
+rate needs. A live instance counts with its full-batch throughput whatever its configuration, so a
+new plan never throws warm instances away: the pool grows in the new configuration and sheds the old
+one as it goes idle.
+
+- **Grow**: while the live throughput is below the need, start instances of the planned configuration,
+  best fit on the GPUs of the planned type, near the GPUs of the function's neighbours in its workflows
+  (their outputs are its inputs); functions furthest below their need go first, one start per round.
+- **Consolidate**: when the planned configuration alone would hold at least one instance's share less
+  than the live mix, the planned instances are started as if the mix were gone; the mix then drains.
+- **Backlog**: a function whose oldest queued job has waited longer than its plan allows (the wait its
+  pool is sized for and its own run), and that has no instance starting, gets one more instance now, not after the
+  rate average caught up: the plan is being missed, whatever the estimate says.
+- **Release** (ski rental): a surplus instance (the rest still cover the need at the upper end of the
+  rate's confidence interval, `PoolTarget.keep_rps`) is *draining*: the
+  dispatcher gives it work only when no other instance is idle. Once its function has had a surplus
+  for as long as a cold start takes, its idle draining instances are stopped: holding surplus longer
+  than that costs more than starting it again would, and releasing it sooner risks paying the cold
+  start for a short lull.
+- **Reclaim**: with no room for a start, idle surplus instances of other functions are stopped on a
+  GPU where that makes room; a function with no instance at all may also take the longest-idle
+  instance of a function that holds two or more.
+
+Who calls it: `esg.EsgPolicy.schedule` on a tick (and when a function with queued work has no
+instance). Reads the view; appends `Start`/`Stop` actions and books capacity in its own `Room`.
+"""
+
+from __future__ import annotations
+
+import math
+
+from gpufaas.platform.decisions import Start, Stop
+from gpufaas.platform.policy.esg_plan import PoolTarget
+from gpufaas.platform.runtime import Instance, InstanceState
+from gpufaas.platform.views import ClusterView
+
+NS_PER_S = 1_000_000_000
+_IDLE = InstanceState.IDLE
+_STARTING = InstanceState.STARTING
+
+
+class Room:
+    """Pass-local free share units and memory per GPU (starts and stops of this pass booked in)."""
+
+    __slots__ = ("units", "mb")
+
+    def __init__(self, view: ClusterView) -> None:
+        self.units = [g.free_units for g in view.gpus]
+        self.mb = [g.free_mb for g in view.gpus]
+
+    def fits(self, gpu_id: int, units: int, mb: float) -> bool:
+        return self.units[gpu_id] >= units and self.mb[gpu_id] >= mb
+
+    def take(self, gpu_id: int, units: int, mb: float) -> None:
+        if not self.fits(gpu_id, units, mb):
+            raise AssertionError(f"policy bug: would over-commit GPU {gpu_id}")
+        self.units[gpu_id] -= units
+        self.mb[gpu_id] -= mb
+
+    def give(self, inst: Instance) -> None:
+        self.units[inst.gpu.id] += inst.share_units
+        self.mb[inst.gpu.id] += inst.memory_mb
+
+
+def throughput_rps(inst: Instance) -> float:
+    """Full-batch throughput of one instance (requests per second)."""
+    return inst.max_batch * NS_PER_S / max(1, inst.batch_latency_ns(inst.max_batch))
+
+
+def neighbours(view: ClusterView) -> dict[str, set[str]]:
+    """Per function, the functions whose stages feed it or are fed by it in some workflow."""
+    out: dict[str, set[str]] = {}
+    for wf in view.workflows.values():
+        for s in wf.stages:
+            for p in s.preds:
+                a, b = wf.stages[p].function, s.function
+                if a != b:
+                    out.setdefault(a, set()).add(b)
+                    out.setdefault(b, set()).add(a)
+    return out
+
+
+def _place(view: ClusterView, room: Room, tg: PoolTarget, mb: float, near: set[str]) -> int | None:
+    """Best fit among the GPUs of the planned type: least free share left, then nearest to the
+    function's neighbours (same GPU, then same node), then lowest id."""
+    best = None
+    best_key = None
+    for g in view.gpus:
+        if g.type_name != tg.gpu_type or not room.fits(g.id, tg.units, mb):
+            continue
+        key = (room.units[g.id] - tg.units, 0, g.id)
+        if near:
+            on_gpu = sum(1 for i in g.instance_ids if view.instance(i).function.name in near)
+            key = (key[0], -on_gpu, g.id)
+        if best_key is None or key < best_key:
+            best, best_key = g.id, key
+    return best
+
+
+def reconcile(view: ClusterView, now_ns: int, targets: dict[str, PoolTarget], waited: dict[str, int], room: Room,
+              protect: set[int], actions: list, surplus_since: dict[str, int]) -> set[int]:
+    """Grow, release and reclaim (module docstring). `waited`: per function, how long its oldest queued
+    job has waited; `protect`:
+    instances given work in this pass (never stopped); `surplus_since`: per function, since when it has
+    had more than it needs (the policy's state, updated). Returns the draining instances (surplus to
+    their function's need), which the dispatcher gives work only when no other instance is idle."""
+    have: dict[str, float] = {}
+    live: dict[str, list[Instance]] = {}
+    for f in view.functions:  # every function: an inactive one's idle instances are reclaimable too
+        insts = [i for i in view.instances(f) if not i.stopping]
+        live[f] = insts
+        have[f] = sum(throughput_rps(i) for i in insts)
+    stopped: set[int] = set()
+    draining: set[int] = set()
+    # release first: what a function no longer needs may be what another one lacks
+    for f, tg in targets.items():
+        _release(view, now_ns, tg, live[f], have, protect, stopped, room, actions, draining, surplus_since)
+    want: dict[str, int] = {}
+    for f, tg in targets.items():
+        per = tg.batch * NS_PER_S / tg.latency_ns
+        cover = have[f]
+        if not any(i.state == _STARTING for i in live[f]):
+            # consolidate: when the plan's configuration alone would hold at least one instance's share
+            # less than the live mix does, grow the planned configuration as if the others were gone;
+            # they become surplus once it is up, and drain (a cold start's worth of share buys it)
+            n_plan = max(1, math.ceil(tg.need_rps / per - 1e-9))
+            held = sum(i.share_units for i in live[f])
+            if held - n_plan * tg.units >= tg.units:
+                cover = sum(throughput_rps(i) for i in live[f]
+                            if (i.max_batch, i.share_units, i.gpu.type_name) == (tg.batch, tg.units, tg.gpu_type))
+        k = math.ceil((tg.need_rps - cover) / per - 1e-9) if cover < tg.need_rps else 0
+        if not live[f]:
+            k = max(k, 1)  # a function with an active workflow keeps one instance
+        # NOTE: one more instance per tick while the backlog lasts and none is starting: a start already
+        # under way is the answer to the backlog that built up behind it
+        if waited.get(f, 0) > tg.wait_ns + tg.latency_ns and not any(i.state == _STARTING for i in live[f]):
+            k = max(k, 1)
+        if k > 0:
+            want[f] = k
+    if not want:
+        return draining
+    near = neighbours(view)
+    order = sorted(want, key=lambda f: (have[f] / targets[f].need_rps, f))
+    while order:
+        nxt = []
+        for f in order:
+            tg = targets[f]
+            fn = view.functions[f]
+            mb = fn.tables[tg.gpu_type].memory_mb(tg.batch)
+            gpu = _place(view, room, tg, mb, near.get(f, set()))
+            if gpu is None:
+                gpu = _reclaim(view, tg, mb, targets, have, live, protect, stopped, room, actions, starved=not live[f])
+            if gpu is None:
+                continue  # no room for this function in this pass
+            room.take(gpu, tg.units, mb)
+            actions.append(Start(f, gpu, tg.units, tg.batch))
+            have[f] += tg.batch * NS_PER_S / tg.latency_ns
+            want[f] -= 1
+            if want[f] > 0:
+                nxt.append(f)
+        order = nxt
+    return draining
+
+
+def _idle_free(inst: Instance, protect: set[int], stopped: set[int]) -> bool:
+    return inst.state == _IDLE and not inst.backlog and inst.id not in protect and inst.id not in stopped
+
+
+def _release(view: ClusterView, now_ns: int, tg: PoolTarget, insts: list[Instance], have: dict[str, float],
+             protect: set[int], stopped: set[int], room: Room, actions: list, draining: set[int],
+             surplus_since: dict[str, int]) -> None:
+    """Mark the instances the need can do without as draining (the dispatcher gives them work last) and,
+    once the function has had a surplus for its cold-start time, stop those of them that are idle."""
+    f = tg.function
+    planned = (tg.batch, tg.units, tg.gpu_type)
+    # instances of another configuration first, then the larger shares, then the newest
+    cand = sorted((i for i in insts if i.id not in protect and i.id not in stopped),
+                  key=lambda i: ((i.max_batch, i.share_units, i.gpu.type_name) == planned, -i.share_units, -i.start_ns))
+    left = len(insts) - sum(1 for i in insts if i.id in stopped)
+    marked = []
+    for inst in cand:
+        cap = throughput_rps(inst)
+        if left <= 1 or have[f] - cap < tg.keep_rps:
+            continue
+        have[f] -= cap
+        left -= 1
+        marked.append(inst)
+    if not marked:
+        surplus_since.pop(f, None)
+        return
+    since = surplus_since.setdefault(f, now_ns)
+    ripe = now_ns - since >= max(view.cold_start_ns(f, i.gpu) for i in marked)
+    for inst in marked:
+        draining.add(inst.id)
+        if ripe and _idle_free(inst, protect, stopped):
+            actions.append(Stop(inst.id))
+            stopped.add(inst.id)
+            room.give(inst)
+
+
+def _reclaim(view: ClusterView, tg: PoolTarget, mb: float, targets: dict[str, PoolTarget], have: dict[str, float],
+             live: dict[str, list[Instance]], protect: set[int], stopped: set[int], room: Room, actions: list,
+             starved: bool) -> int | None:
+    """Stop one idle instance of another function on a GPU where that makes room for `tg`; the GPU id
+    or None. Surplus instances (their function still covers its need without them) first; a function
+    with no instance may also take from a function that holds two or more."""
+    best = None
+    best_key = None
+    for f, insts in live.items():
+        if f == tg.function:
+            continue
+        other = targets.get(f)
+        n_left = sum(1 for i in insts if i.id not in stopped)
+        for inst in insts:
+            if not _idle_free(inst, protect, stopped):
+                continue
+            g = inst.gpu
+            if g.type_name != tg.gpu_type:
+                continue
+            if room.units[g.id] + inst.share_units < tg.units or room.mb[g.id] + inst.memory_mb < mb:
+                continue
+            surplus = other is None or have[f] - throughput_rps(inst) >= other.need_rps
+            if not surplus and not (starved and n_left >= 2):
+                continue
+            key = (not surplus, inst.idle_since_ns)
+            if best_key is None or key < best_key:
+                best, best_key = inst, key
+    if best is None:
+        return None
+    actions.append(Stop(best.id))
+    stopped.add(best.id)
+    room.give(best)
+    f = best.function.name
+    have[f] = have.get(f, 0.0) - throughput_rps(best)
+    return best.gpu.id

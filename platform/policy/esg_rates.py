@@ -1,0 +1,75 @@
+"""Observed load per workflow for `esg`: arrival rate and burstiness, measured once per scaling tick.
+
+ESG sizes its pools to the arrival rate it observes, not one batch at a time, and keeps headroom for
+the burstiness it observes, not a fixed utilisation target. Per workflow it keeps:
+
+- `rate_rps`: an EWMA of the arrivals counted per tick (its entry queues' `arrivals` counters), with
+  time constant `tau_s`;
+- `dispersion`: an EWMA of the index of dispersion of those counts, (count - mean)^2 / mean. It is
+  about 1 for Poisson arrivals and about cv^2 for a renewal process of inter-arrival CV cv, and larger
+  for on-off sources; the pool's headroom grows with its square root (`esg_plan.instances_needed`).
+
+NOTE: counts per tick, not the inter-arrival-gap EWMA of `AfwQueue`: a gap EWMA never decays while no
+arrival comes (a stream that stopped keeps its last rate forever), and with bursty gaps 1/EWMA(gap)
+swings by the burst. The time constant is the workflow's longest cold start: an instance started on a
+rate blip is ready only that long after, so averaging over a shorter window would only add churn;
+a sudden surge shows up sooner as a backlog, which the pool answers directly (`esg_pool`).
+
+Who calls it: `esg.EsgPolicy.schedule` on each tick. Pure: it reads queue counters and returns new values.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+NS_PER_S = 1_000_000_000
+
+
+@dataclass(slots=True)
+class Load:
+    """What is known of one workflow's arrivals (mutable policy state, owned by the `esg` state dict)."""
+
+    wf: object  # the deployed workflow object it measures (compared by identity: a redeploy starts afresh)
+    count: int  # entry-queue arrivals counted at the last tick
+    at_ns: int  # time of the last tick
+    last_arrival_ns: int = -1  # the tick at which arrivals were last seen
+    rate_rps: float = 0.0
+    dispersion: float = 1.0  # index of dispersion of counts; 1 = Poisson (the prior before data)
+    ticks: int = 0
+
+
+def observe(load: Load, count: int, now_ns: int, tau_s: float) -> None:
+    """Fold the arrivals since the last tick into the estimates (in place: `load` is the policy's own)."""
+    dt_ns = now_ns - load.at_ns
+    if dt_ns <= 0:
+        return
+    n = count - load.count
+    if n > 0:
+        load.last_arrival_ns = now_ns
+    dt_s = dt_ns / NS_PER_S
+    inst = n / dt_s
+    a = 1.0 - math.exp(-dt_s / tau_s) if tau_s > 0 else 1.0
+    if load.ticks == 0:
+        # NOTE: the first tick that saw arrivals seeds the rate: a fresh stream has nothing to average
+        # with, and averaging in the silence before the first invocation would start it far too low
+        load.count = count
+        load.at_ns = now_ns
+        if n == 0:
+            return
+        load.rate_rps = inst
+    else:
+        expect = load.rate_rps * dt_s
+        if expect > 0:
+            d = (n - expect) ** 2 / expect
+            load.dispersion = (1 - a) * load.dispersion + a * max(d, 0.0)
+        load.rate_rps = (1 - a) * load.rate_rps + a * inst
+    load.ticks += 1
+    load.count = count
+    load.at_ns = now_ns
+
+
+def entry_arrivals(wf) -> int:
+    """Invocations that reached `wf` so far: the largest arrival counter among its entry stages' queues
+    (every entry stage gets each invocation once)."""
+    return max(wf.stages[e].queue.arrivals for e in wf.entries)
