@@ -28,7 +28,6 @@ import click
 
 from gpufaas.platform.errors import UserError
 
-SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"
 DEFAULT_SCENARIOS = ("chain", "video", "mixed", "scale128")
 DEFAULT_POLICIES = ("esg", "infless", "fastgshare", "static", "batch1-wholegpu")
 DEFAULT_LOADS = (0.5, 1.0, 2.0, 4.0)
@@ -208,13 +207,9 @@ def replace_block(text: str, block: str) -> str:
 
 
 def _resolve(name: str) -> str:
-    p = Path(name)
-    if p.suffix not in (".yaml", ".yml"):
-        p = SCENARIOS_DIR / f"{name}.yaml"
-    if not p.is_file():
-        shipped = sorted(q.stem for q in SCENARIOS_DIR.glob("*.yaml"))
-        raise UserError(f"--scenarios: no scenario '{name}'; give a file path or one of {', '.join(shipped)}")
-    return str(p)
+    from gpufaas.loadgen.scenario import resolve_scenario
+
+    return str(resolve_scenario(name, "--scenarios"))
 
 
 def _split(value: str, flag: str, conv: Callable, ok: Callable, what: str) -> list:

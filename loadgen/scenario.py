@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import Field, ValidationInfo, field_validator
 
 from gpufaas.loadgen.workload import WorkloadSpec
-from gpufaas.platform.errors import SpecError
+from gpufaas.platform.errors import SpecError, UserError
 from gpufaas.platform.specs import ClusterSpec, FunctionSpec, Spec, WorkflowSpec, parse, read_yaml
 
 
@@ -112,3 +112,18 @@ def load_scenario(path: str | Path) -> Scenario:
                             f"fix the path (it is relative to the scenario file) or remove the key")
         sc = sc.model_copy(update={"profiles": str(d)})
     return sc
+
+
+SHIPPED_SCENARIOS = Path(__file__).resolve().parent / "scenarios"
+
+
+def resolve_scenario(name_or_path: str, flag: str) -> Path:
+    """A shipped scenario's name (`chain`) or a path to a scenario file; UserError naming `flag` and the
+    shipped names if neither exists. Who calls it: `gpufaas results`, `gpufaas bench scheduler`."""
+    p = Path(name_or_path)
+    if p.suffix not in (".yaml", ".yml"):
+        p = SHIPPED_SCENARIOS / f"{name_or_path}.yaml"
+    if not p.is_file():
+        shipped = sorted(q.stem for q in SHIPPED_SCENARIOS.glob("*.yaml"))
+        raise UserError(f"{flag}: no scenario '{name_or_path}'; give a file path or one of {', '.join(shipped)}")
+    return p

@@ -28,3 +28,18 @@ def engine():
         pytest.skip(f"no Docker engine can be started here: {e}")
     images.ensure_base_image(client)
     return client
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    """chain.yaml cut to 1 s of arrivals and named 'tiny', with absolute paths so it can live in tmp_path."""
+    import yaml
+
+    data = yaml.safe_load((SCENARIOS / "chain.yaml").read_text())
+    data.update(name="tiny", duration_s=1)
+    for key in ("functions", "workflows"):
+        data[key] = [str((SCENARIOS / p).resolve()) for p in data[key]]
+    data["cluster"] = str((SCENARIOS / data["cluster"]).resolve())
+    p = tmp_path / "tiny.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p

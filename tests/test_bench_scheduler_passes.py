@@ -15,17 +15,6 @@ from gpufaas.platform.errors import UserError
 SCENARIOS = Path(__file__).resolve().parents[1] / "loadgen" / "scenarios"
 
 
-@pytest.fixture
-def tiny(tmp_path: Path) -> Path:
-    """chain.yaml cut to 1 s of arrivals, written beside the shipped one's folders so its paths resolve."""
-    data = yaml.safe_load((SCENARIOS / "chain.yaml").read_text())
-    data.update(name="tiny-chain", duration_s=1)
-    for key in ("functions", "workflows"):
-        data[key] = [str((SCENARIOS / p).resolve()) for p in data[key]]
-    data["cluster"] = str((SCENARIOS / data["cluster"]).resolve())
-    p = tmp_path / "tiny.yaml"
-    p.write_text(yaml.safe_dump(data))
-    return p
 
 
 def _check_policy_entry(e: dict) -> None:
@@ -39,7 +28,7 @@ def _check_policy_entry(e: dict) -> None:
 def test_controller_passes_structure(tiny: Path) -> None:
     out = B.controller_passes([str(tiny)], duration_s=None)
     assert out["load"] == 1.0 and out["duration_cap_s"] is None
-    entry = out["scenarios"]["tiny-chain"]
+    entry = out["scenarios"]["tiny"]
     assert entry["duration_s"] == 1
     assert set(entry["policies"]) == {"esg", "static"}
     for e in entry["policies"].values():
@@ -49,8 +38,8 @@ def test_controller_passes_structure(tiny: Path) -> None:
 
 
 def test_rate_target_is_stated_on_scale128(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(B, "RATE_TARGET_SCENARIO", "tiny-chain")
-    entry = B.controller_passes([str(tiny)], duration_s=0.5)["scenarios"]["tiny-chain"]
+    monkeypatch.setattr(B, "RATE_TARGET_SCENARIO", "tiny")
+    entry = B.controller_passes([str(tiny)], duration_s=0.5)["scenarios"]["tiny"]
     assert entry["duration_s"] == 0.5
     t = entry["rate_target"]
     assert t["esg_over_static_at_least"] == pytest.approx(1 / 3, abs=1e-4)
@@ -69,7 +58,7 @@ def test_cli_json_has_the_section_and_no_passes_drops_it(tiny: Path) -> None:
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     assert "optimality_gap" in out  # the random-case part is unchanged
-    _check_policy_entry(out["controller_passes"]["scenarios"]["tiny-chain"]["policies"]["esg"])
+    _check_policy_entry(out["controller_passes"]["scenarios"]["tiny"]["policies"]["esg"])
     r = CliRunner().invoke(B.COMMAND, base + ["--no-passes"])
     assert r.exit_code == 0, r.output
     assert "controller_passes" not in json.loads(r.output)

@@ -92,17 +92,6 @@ def test_pareto_front() -> None:
     assert report.pareto_front(pts) == [3, 0, 1]
 
 
-@pytest.fixture
-def tiny(tmp_path: Path) -> Path:
-    """chain.yaml cut to 1 s of arrivals, with absolute paths so it can live in tmp_path."""
-    data = yaml.safe_load((SCENARIOS / "chain.yaml").read_text())
-    data.update(name="tiny", duration_s=1)
-    for key in ("functions", "workflows"):
-        data[key] = [str((SCENARIOS / p).resolve()) for p in data[key]]
-    data["cluster"] = str((SCENARIOS / data["cluster"]).resolve())
-    p = tmp_path / "tiny.yaml"
-    p.write_text(yaml.safe_dump(data))
-    return p
 
 
 def test_tiny_real_run_writes_readme_plot_json(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

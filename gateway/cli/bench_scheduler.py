@@ -143,16 +143,10 @@ def run_bench(cases: int = 210, epsilon: float = 0.05, seed: int = 7, no_blades:
 
 
 def resolve_scenario(name_or_path: str) -> Path:
-    """A shipped scenario's name (`chain`) or a path to a scenario file; UserError if neither exists."""
-    from gpufaas.gateway.cli.bench import SCENARIOS
+    """A shipped scenario's name or a path (`loadgen.scenario.resolve_scenario`)."""
+    from gpufaas.loadgen.scenario import resolve_scenario as resolve
 
-    p = Path(name_or_path)
-    if p.suffix not in (".yaml", ".yml"):
-        p = SCENARIOS / f"{name_or_path}.yaml"
-    if not p.is_file():
-        shipped = sorted(q.stem for q in SCENARIOS.glob("*.yaml"))
-        raise UserError(f"--passes-scenarios: no scenario '{name_or_path}'; give a file path or one of {', '.join(shipped)}")
-    return p
+    return resolve(name_or_path, "--passes-scenarios")
 
 
 def _one_pass_run(sc, policy: str) -> dict:
