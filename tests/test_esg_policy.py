@@ -105,18 +105,18 @@ def test_capacity_needed_grows_with_rate_and_burstiness_and_shrinks_with_wait():
 
 def test_rate_and_dispersion_estimates_follow_the_counts():
     ld = Load(None, 0, 0)
-    observe(ld, 0, NS_PER_S, 1.0)  # nothing yet: no rate, not counted
+    observe(ld, 0, NS_PER_S, 0.1, 1.0)  # nothing yet: no rate, not counted
     assert ld.rate_rps == 0 and ld.ticks == 0
     t, n = NS_PER_S, 0
     for k in range(200):  # a steady 100 rps: dispersion falls well below Poisson's 1
         t += 100 * NS_PER_MS
         n += 10
-        observe(ld, n, t, 1.0)
+        observe(ld, n, t, 0.1, 1.0)
     assert abs(ld.rate_rps - 100) < 1 and ld.dispersion < 0.2
     for k in range(200):  # on-off: 20 then 0 per tick, same mean; dispersion well above 1
         t += 100 * NS_PER_MS
         n += 20 if k % 2 else 0
-        observe(ld, n, t, 1.0)
+        observe(ld, n, t, 0.1, 1.0)
     assert 80 < ld.rate_rps < 120 and ld.dispersion > 5
 
 

@@ -40,7 +40,7 @@ from gpufaas.platform.policy.esg_dispatch import by_function, dispatch, shed_bac
 from gpufaas.platform.policy.esg_plan import (WorkflowPlan, needs_replan, plan_workflow, pool_targets,
                                               transfer_estimates_ns)
 from gpufaas.platform.policy.esg_pool import Room, reconcile
-from gpufaas.platform.policy.esg_rates import Load, entry_arrivals, observe
+from gpufaas.platform.policy.esg_rates import Load, entry_arrivals, observe, rate_variance, upper_rate_rps
 from gpufaas.platform.runtime import WorkflowRt
 from gpufaas.platform.views import ClusterView
 
@@ -52,7 +52,7 @@ NS_PER_MS = 1_000_000
 
 class _WfInfo:
     """Per deployed workflow, what does not change while it is deployed: input-transfer estimates, the
-    rate-averaging time constant (its longest cold start) and its keep-alive horizon."""
+    longest rate-averaging time (its longest cold start) and its keep-alive horizon."""
 
     __slots__ = ("wf", "transfer_ns", "tau_s", "active_ns")
 
@@ -136,7 +136,7 @@ class EsgPolicy:
                 for f in idle_less:
                     shed_backlog(view, now_ns, f, grouped[f], queued[f], plans, actions)
             targets = pool_targets(view, self._active_plans(view, now_ns, state), self._loads(state), self.target_hit)
-            waited = {f: now_ns - min(q.jobs[0].enq_ns for q in qs) for f, qs in grouped.items()}
+            waited = {f: (now_ns - min(q.jobs[0].enq_ns for q in qs), queued[f]) for f, qs in grouped.items()}
             state["draining"] = reconcile(view, now_ns, targets, waited, Room(view), used, actions, state["surplus_since"])
         # NOTE: quiet_until_match: late binding acts only where a queued job and an idle instance of
         # one function meet; everything else (sizing, shedding) waits for the tick
@@ -166,9 +166,12 @@ class EsgPolicy:
             if entry_arrivals(wf):
                 load.last_arrival_ns = now_ns
         else:
-            observe(load, entry_arrivals(wf), now_ns, info.tau_s)
+            observe(load, entry_arrivals(wf), now_ns, self._tick_ns(view) / NS_PER_S, info.tau_s)
         if needs_replan(state["plans"].get(wf.name), wf, load.rate_rps, load.dispersion):
-            state["plans"][wf.name] = plan_workflow(view, wf, load.rate_rps, load.dispersion, self.target_hit,
+            # NOTE: configurations are chosen for the upper end of the rate's confidence interval (the
+            # rate the pool keeps capacity for, `esg_plan.pool_targets`), so a plan does not sit on
+            # the edge where noise in the estimate adds and removes an instance in turn
+            state["plans"][wf.name] = plan_workflow(view, wf, upper_rate_rps(load), load.dispersion, self.target_hit,
                                                     info.transfer_ns, self.search, (wf, load.rate_rps, load.dispersion))
 
     def _observe(self, view: ClusterView, now_ns: int, state: dict) -> None:
@@ -194,4 +197,4 @@ class EsgPolicy:
     @staticmethod
     def _loads(state: dict) -> dict[str, tuple[float, float, float]]:
         info = state["info"]
-        return {n: (ld.rate_rps, ld.dispersion, info[n].tau_s) for n, ld in state["loads"].items() if n in info}
+        return {n: (ld.rate_rps, ld.dispersion, rate_variance(ld)) for n, ld in state["loads"].items() if n in info}

@@ -8,7 +8,7 @@ share the function must hold to serve its observed rate with it, per request:
     capacity         c    = what keeps P(wait > k rounds) <= eps     (`capacity_needed_rps`; a round:
                                                                       one batch's run time)
     instances        n    = ceil(c x latency(b, share) / b), at least 1
-    cost per request      = n x share x price / rate
+    cost per request      = n x share x price / rate    (+ the cold starts of instances not yet warm)
 
 A configuration is (GPU type, batch b, share, rounds k): a job may wait up to k rounds and then runs in
 the next, so a stage's planned time is (k + 1) x latency(b, share), plus the transfer of its inputs.
@@ -83,7 +83,7 @@ class WorkflowPlan:
 def miss_budget(target_hit: float, stages: int) -> float:
     """The probability a stage may let a job wait past its planned rounds: the target miss rate
     (1 - target_hit) split evenly over the workflow's stages."""
-    return max(1e-9, (1.0 - target_hit) / max(1, stages))
+    return max(1e-9, (1.0 - target_hit))
 
 
 def capacity_needed_rps(rate_rps: float, dispersion: float, wait_ns: int, eps: float) -> float:
@@ -130,6 +130,15 @@ def transfer_estimates_ns(view: ClusterView, wf: WorkflowRt, host_ns_per_byte: f
     return out
 
 
+def warm_counts(view: ClusterView, function: str) -> dict[tuple[str, int], list[int]]:
+    """The largest batches of the live (not stopping) instances of `function`, per (GPU type, share)."""
+    out: dict[tuple[str, int], list[int]] = {}
+    for i in view.instances(function):
+        if not i.stopping:
+            out.setdefault((i.gpu.type_name, i.share_units), []).append(i.max_batch)
+    return out
+
+
 def stage_options(view: ClusterView, function: str, rate_rps: float, dispersion: float, eps: float) -> list[tuple]:
     """The Pareto front (no option both cheaper and faster) of `function`'s configurations on the
     cluster, as (cost per request, planned time without transfer, StageChoice), at the observed load.
@@ -137,20 +146,30 @@ def stage_options(view: ClusterView, function: str, rate_rps: float, dispersion:
     A configuration is (GPU type, batch, share, rounds): with `rounds` = k, a job may wait up to k
     rounds before its own, so a burst is absorbed over k rounds instead of one: fewer instances, a
     longer planned time (k + 1 rounds). The search then trades queueing time against held share where
-    the SLO leaves room."""
+    the SLO leaves room.
+
+    Reusing warm instances is cheaper than starting new ones: each instance a configuration needs
+    beyond the live ones of that configuration also pays for the move, two cold starts' worth of its
+    share (it holds share while it starts; the instance it replaces is held as long again before it
+    is released, `esg_pool`), spread over the function's keep-alive, the platform's horizon for holding share on
+    speculation. So a plan moves to another configuration only when that saves more than the move."""
     fn = view.functions[function]
     rate = max(rate_rps, MIN_RATE_RPS)
+    warm = warm_counts(view, function)
+    horizon_ns = max(fn.keep_alive_ns, 1)
     cand = []
     for g in gpu_types(view):
         t = g.type_name
         if t not in fn.tables:
             continue
+        cold_ns = view.cold_start_ns(function, g)
         for u in fn.share_units[t]:
             for b in fn.batch_sizes:
                 lat = fn.latency_ns(t, b, u, g.share_units)
+                have = sum(1 for mb in warm.get((t, u), ()) if mb >= b)
                 for k in ROUNDS:
                     n = instances_needed(rate, dispersion, lat, b, k, eps)
-                    cost = n * u * g.usd_per_unit_ns * NS_PER_S / rate
+                    cost = (n + max(0, n - have) * 2 * cold_ns / horizon_ns) * u * g.usd_per_unit_ns * NS_PER_S / rate
                     time = (k + 1) * lat
                     cand.append((cost, time, StageChoice(t, b, u, lat, n, time, k)))
     cand.sort(key=lambda o: (o[0], o[1]))
@@ -207,24 +226,27 @@ def plan_workflow(view: ClusterView, wf: WorkflowRt, rate_rps: float, dispersion
 
 def needs_replan(plan: "WorkflowPlan | None", wf: WorkflowRt, rate_rps: float, dispersion: float) -> bool:
     """Whether the observed load has moved far enough from the one `plan` was made for to search again:
-    the rate by more than 2^(1/4) (19 %) or the dispersion by more than 2^(1/2), either way.
+    the rate by more than 2^(1/4) (19 %) or the dispersion by more than 2, either way.
 
     NOTE: the steps are the sizing formula's sensitivity: capacity moves about linearly with the rate
-    and with the square root of the dispersion, so both steps move it by under about 19 %; a band
+    and at most with the square root of the dispersion (its burst term), so both steps move it by
+    under about 19-41 %, and a dispersion estimate (a second moment) is noisier than a rate; a band
     around the planned load, not a grid, so noise at a cell boundary does not search again and again."""
     if plan is None or plan.key[0] is not wf:
         return True
     r0, d0 = plan.key[1], plan.key[2]
     r, r0 = max(rate_rps, MIN_RATE_RPS), max(r0, MIN_RATE_RPS)
     return (abs(math.log2(r / r0)) > 0.25
-            or abs(math.log2(max(dispersion, 1e-3) / max(d0, 1e-3))) > 0.5)
+            or abs(math.log2(max(dispersion, 1e-3) / max(d0, 1e-3))) > 1.0)
 
 
 @dataclass(frozen=True, slots=True)
 class PoolTarget:
     """What one function's pool should be: instances of (`gpu_type`, `batch`, `units`) whose combined
     full-batch throughput covers `need_rps` (its rate plus the burst headroom), and at least one;
-    surplus is released only down to `keep_rps`; a job may wait `wait_ns` before its batch runs."""
+    surplus is released only down to `keep_rps`; a job may wait `wait_ns` before its batch runs. New
+    instances take batches up to `max_batch`: the largest whose run fits half the stage's budget (a
+    round's wait and its own run), so a burst makes batches larger within the budget."""
 
     function: str
     gpu_type: str
@@ -234,6 +256,7 @@ class PoolTarget:
     need_rps: float
     keep_rps: float
     wait_ns: int
+    max_batch: int
 
 
 def pool_targets(view: ClusterView, plans: dict[str, WorkflowPlan], loads: dict[str, tuple[float, float, float]],
@@ -241,10 +264,10 @@ def pool_targets(view: ClusterView, plans: dict[str, WorkflowPlan], loads: dict[
     """Per function, one target: the planned configuration of its tightest stage (the shortest planned
     time: it also meets every looser stage's plan), sized for the summed rate of every stage that
     uses it, with the largest dispersion among them. `loads`: per workflow (rate, dispersion, the
-    rate's averaging time in s).
+    variance of the rate estimate, `esg_rates.rate_variance`).
 
-    `keep_rps` is the need at the upper end of the rate's confidence interval (two standard errors; the
-    rate is a count over about `tau` seconds, so its variance is D x rate / tau): the pool releases
+    `keep_rps` is the need at the upper end of the rate's confidence interval (two standard errors):
+    the pool releases
     share only below that, and grows above `need_rps`, so noise in the estimate does not start and
     stop instances in turn."""
     acc: dict[str, list] = {}
@@ -252,8 +275,7 @@ def pool_targets(view: ClusterView, plans: dict[str, WorkflowPlan], loads: dict[
         wf = view.workflows.get(wname)
         if wf is None:
             continue
-        rate, disp, tau_s = loads.get(wname, (0.0, 1.0, 1.0))
-        var = disp * rate / tau_s if tau_s > 0 else 0.0
+        rate, disp, var = loads.get(wname, (0.0, 1.0, 0.0))
         for s in wf.stages:
             ch = plan.choices[s.index]
             a = acc.get(s.function)
@@ -272,5 +294,10 @@ def pool_targets(view: ClusterView, plans: dict[str, WorkflowPlan], loads: dict[
         wait_ns = ch.wait_ns
         need = capacity_needed_rps(max(rate, MIN_RATE_RPS), disp, wait_ns, eps)
         keep = capacity_needed_rps(max(rate + 2.0 * math.sqrt(var), MIN_RATE_RPS), disp, wait_ns, eps)
-        out[f] = PoolTarget(f, ch.gpu_type, ch.batch, ch.units, ch.latency_ns, need, keep, wait_ns)
+        fn = view.functions[f]
+        units_per_gpu = next(g.share_units for g in gpu_types(view) if g.type_name == ch.gpu_type)
+        half_ns = (wait_ns + ch.latency_ns) // 2
+        top = max((b for b in fn.batch_sizes if b >= ch.batch
+                   and fn.latency_ns(ch.gpu_type, b, ch.units, units_per_gpu) <= half_ns), default=ch.batch)
+        out[f] = PoolTarget(f, ch.gpu_type, ch.batch, ch.units, ch.latency_ns, need, keep, wait_ns, top)
     return out

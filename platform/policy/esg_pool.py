@@ -6,13 +6,16 @@ rate needs. A live instance counts with its full-batch throughput whatever its c
 new plan never throws warm instances away: the pool grows in the new configuration and sheds the old
 one as it goes idle.
 
-- **Grow**: while the live throughput is below the need, start instances of the planned configuration,
+- **Grow**: while the live throughput is below the need, start instances of the planned configuration
+  (its share; its largest batch is the largest whose run fits half the stage's budget, so a burst
+  is absorbed by larger batches, not only by more instances),
   best fit on the GPUs of the planned type, near the GPUs of the function's neighbours in its workflows
   (their outputs are its inputs); functions furthest below their need go first, one start per round.
-- **Consolidate**: when the planned configuration alone would hold at least one instance's share less
-  than the live mix, the planned instances are started as if the mix were gone; the mix then drains.
+- **Consolidate**: when the planned configuration alone would hold less share than the live mix, and
+  the saving over the keep-alive horizon exceeds the share the new instances hold while they start,
+  the planned instances are started as if the mix were gone; the mix then drains.
 - **Backlog**: a function whose oldest queued job has waited longer than its plan allows (the wait its
-  pool is sized for and its own run), and that has no instance starting, gets one more instance now, not after the
+  pool is sized for and its own run) while more jobs wait than one round of all its instances takes, and that has no instance starting, gets one more instance now, not after the
   rate average caught up: the plan is being missed, whatever the estimate says.
 - **Release** (ski rental): a surplus instance (the rest still cover the need at the upper end of the
   rate's confidence interval, `PoolTarget.keep_rps`) is *draining*: the
@@ -65,9 +68,16 @@ class Room:
         self.mb[inst.gpu.id] += inst.memory_mb
 
 
-def throughput_rps(inst: Instance) -> float:
-    """Full-batch throughput of one instance (requests per second)."""
-    return inst.max_batch * NS_PER_S / max(1, inst.batch_latency_ns(inst.max_batch))
+def throughput_rps(inst: Instance, tg: PoolTarget | None) -> float:
+    """Throughput of one instance (requests per second) at its function's planned batch (at its own
+    largest batch if smaller, or when the function has no plan)."""
+    b = inst.max_batch if tg is None else min(inst.max_batch, tg.batch)
+    return b * NS_PER_S / max(1, inst.batch_latency_ns(b))
+
+
+def is_planned(inst: Instance, tg: PoolTarget) -> bool:
+    """Whether `inst` has the planned share on the planned GPU type and takes the planned batch."""
+    return inst.share_units == tg.units and inst.gpu.type_name == tg.gpu_type and inst.max_batch >= tg.batch
 
 
 def neighbours(view: ClusterView) -> dict[str, set[str]]:
@@ -100,10 +110,10 @@ def _place(view: ClusterView, room: Room, tg: PoolTarget, mb: float, near: set[s
     return best
 
 
-def reconcile(view: ClusterView, now_ns: int, targets: dict[str, PoolTarget], waited: dict[str, int], room: Room,
+def reconcile(view: ClusterView, now_ns: int, targets: dict[str, PoolTarget], waited: dict[str, tuple[int, int]], room: Room,
               protect: set[int], actions: list, surplus_since: dict[str, int]) -> set[int]:
     """Grow, release and reclaim (module docstring). `waited`: per function, how long its oldest queued
-    job has waited; `protect`:
+    job has waited and how many jobs are queued; `protect`:
     instances given work in this pass (never stopped); `surplus_since`: per function, since when it has
     had more than it needs (the policy's state, updated). Returns the draining instances (surplus to
     their function's need), which the dispatcher gives work only when no other instance is idle."""
@@ -112,7 +122,7 @@ def reconcile(view: ClusterView, now_ns: int, targets: dict[str, PoolTarget], wa
     for f in view.functions:  # every function: an inactive one's idle instances are reclaimable too
         insts = [i for i in view.instances(f) if not i.stopping]
         live[f] = insts
-        have[f] = sum(throughput_rps(i) for i in insts)
+        have[f] = sum(throughput_rps(i, targets.get(f)) for i in insts)
     stopped: set[int] = set()
     draining: set[int] = set()
     # release first: what a function no longer needs may be what another one lacks
@@ -123,20 +133,26 @@ def reconcile(view: ClusterView, now_ns: int, targets: dict[str, PoolTarget], wa
         per = tg.batch * NS_PER_S / tg.latency_ns
         cover = have[f]
         if not any(i.state == _STARTING for i in live[f]):
-            # consolidate: when the plan's configuration alone would hold at least one instance's share
-            # less than the live mix does, grow the planned configuration as if the others were gone;
-            # they become surplus once it is up, and drain (a cold start's worth of share buys it)
+            # consolidate: when the plan's configuration alone would hold less share than the live mix
+            # and the saving over the function's keep-alive horizon (the platform's horizon for holding
+            # share on speculation) exceeds what the new instances hold while they cold-start, grow the
+            # planned configuration as if the others were gone; they become surplus once it is up
             n_plan = max(1, math.ceil(tg.need_rps / per - 1e-9))
             held = sum(i.share_units for i in live[f])
-            if held - n_plan * tg.units >= tg.units:
-                cover = sum(throughput_rps(i) for i in live[f]
-                            if (i.max_batch, i.share_units, i.gpu.type_name) == (tg.batch, tg.units, tg.gpu_type))
+            fn = view.functions[f]
+            cold_ns = view.cold_start_ns(f, live[f][0].gpu) if live[f] else 0
+            if (held - n_plan * tg.units) * fn.keep_alive_ns > n_plan * tg.units * cold_ns:
+                cover = sum(throughput_rps(i, tg) for i in live[f] if is_planned(i, tg))
         k = math.ceil((tg.need_rps - cover) / per - 1e-9) if cover < tg.need_rps else 0
         if not live[f]:
             k = max(k, 1)  # a function with an active workflow keeps one instance
         # NOTE: one more instance per tick while the backlog lasts and none is starting: a start already
-        # under way is the answer to the backlog that built up behind it
-        if waited.get(f, 0) > tg.wait_ns + tg.latency_ns and not any(i.state == _STARTING for i in live[f]):
+        # under way is the answer to the backlog that built up behind it. A backlog is a queue that has
+        # waited past the plan *and* holds more than one round of every instance: a burst that the next
+        # round clears is what the sizing already allows for
+        wait_ns, queued_n = waited.get(f, (0, 0))
+        if (wait_ns > tg.wait_ns + tg.latency_ns and queued_n > sum(i.max_batch for i in live[f])
+                and not any(i.state == _STARTING for i in live[f])):
             k = max(k, 1)
         if k > 0:
             want[f] = k
@@ -149,14 +165,14 @@ def reconcile(view: ClusterView, now_ns: int, targets: dict[str, PoolTarget], wa
         for f in order:
             tg = targets[f]
             fn = view.functions[f]
-            mb = fn.tables[tg.gpu_type].memory_mb(tg.batch)
+            mb = fn.tables[tg.gpu_type].memory_mb(tg.max_batch)
             gpu = _place(view, room, tg, mb, near.get(f, set()))
             if gpu is None:
                 gpu = _reclaim(view, tg, mb, targets, have, live, protect, stopped, room, actions, starved=not live[f])
             if gpu is None:
                 continue  # no room for this function in this pass
             room.take(gpu, tg.units, mb)
-            actions.append(Start(f, gpu, tg.units, tg.batch))
+            actions.append(Start(f, gpu, tg.units, tg.max_batch))
             have[f] += tg.batch * NS_PER_S / tg.latency_ns
             want[f] -= 1
             if want[f] > 0:
@@ -175,16 +191,20 @@ def _release(view: ClusterView, now_ns: int, tg: PoolTarget, insts: list[Instanc
     """Mark the instances the need can do without as draining (the dispatcher gives them work last) and,
     once the function has had a surplus for its cold-start time, stop those of them that are idle."""
     f = tg.function
-    planned = (tg.batch, tg.units, tg.gpu_type)
     # instances of another configuration first, then the larger shares, then the newest
-    cand = sorted((i for i in insts if i.id not in protect and i.id not in stopped),
-                  key=lambda i: ((i.max_batch, i.share_units, i.gpu.type_name) == planned, -i.share_units, -i.start_ns))
-    left = len(insts) - sum(1 for i in insts if i.id in stopped)
+    # NOTE: only instances that are up count here: an instance still cold-starting does not make
+    # another one surplus (else a pool moving to a new configuration would stop the old one first)
+    ready = [i for i in insts if i.state != _STARTING and i.id not in stopped]
+    cover = sum(throughput_rps(i, tg) for i in ready)
+    cand = sorted((i for i in ready if i.id not in protect),
+                  key=lambda i: (is_planned(i, tg), -i.share_units, -i.start_ns))
+    left = len(ready)
     marked = []
     for inst in cand:
-        cap = throughput_rps(inst)
-        if left <= 1 or have[f] - cap < tg.keep_rps:
+        cap = throughput_rps(inst, tg)
+        if left <= 1 or cover - cap < tg.keep_rps:
             continue
+        cover -= cap
         have[f] -= cap
         left -= 1
         marked.append(inst)
@@ -222,7 +242,7 @@ def _reclaim(view: ClusterView, tg: PoolTarget, mb: float, targets: dict[str, Po
                 continue
             if room.units[g.id] + inst.share_units < tg.units or room.mb[g.id] + inst.memory_mb < mb:
                 continue
-            surplus = other is None or have[f] - throughput_rps(inst) >= other.need_rps
+            surplus = other is None or have[f] - throughput_rps(inst, other) >= other.need_rps
             if not surplus and not (starved and n_left >= 2):
                 continue
             key = (not surplus, inst.idle_since_ns)
@@ -234,5 +254,5 @@ def _reclaim(view: ClusterView, tg: PoolTarget, mb: float, targets: dict[str, Po
     stopped.add(best.id)
     room.give(best)
     f = best.function.name
-    have[f] = have.get(f, 0.0) - throughput_rps(best)
+    have[f] = have.get(f, 0.0) - throughput_rps(best, targets.get(f))
     return best.gpu.id

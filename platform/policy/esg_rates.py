@@ -4,16 +4,16 @@ ESG sizes its pools to the arrival rate it observes, not one batch at a time, an
 the burstiness it observes, not a fixed utilisation target. Per workflow it keeps:
 
 - `rate_rps`: an EWMA of the arrivals counted per tick (its entry queues' `arrivals` counters), with
-  time constant `tau_s`;
+  the shortest time constant that keeps its standard error below `PRECISION` (see `observe`);
 - `dispersion`: an EWMA of the index of dispersion of those counts, (count - mean)^2 / mean. It is
   about 1 for Poisson arrivals and about cv^2 for a renewal process of inter-arrival CV cv, and larger
   for on-off sources; the pool's headroom grows with its square root (`esg_plan.instances_needed`).
 
 NOTE: counts per tick, not the inter-arrival-gap EWMA of `AfwQueue`: a gap EWMA never decays while no
 arrival comes (a stream that stopped keeps its last rate forever), and with bursty gaps 1/EWMA(gap)
-swings by the burst. The time constant is the workflow's longest cold start: an instance started on a
-rate blip is ready only that long after, so averaging over a shorter window would only add churn;
-a sudden surge shows up sooner as a backlog, which the pool answers directly (`esg_pool`).
+swings by the burst. The longest averaging time is the workflow's longest cold start: a pool started
+on an estimate is ready only that long after it anyway; a sudden surge that the estimate has not
+caught yet shows up as a backlog, which the pool answers directly (`esg_pool`).
 
 Who calls it: `esg.EsgPolicy.schedule` on each tick. Pure: it reads queue counters and returns new values.
 """
@@ -24,6 +24,10 @@ import math
 from dataclasses import dataclass
 
 NS_PER_S = 1_000_000_000
+# NOTE: the relative standard error the rate estimate aims for: a third of the planning band (a plan
+# is searched again when the rate moves by 2^(1/4), `esg_plan.needs_replan`), so noise alone crosses
+# it in fewer than 3 in 1000 ticks
+PRECISION = (2 ** (1 / 4) - 1) / 3
 
 
 @dataclass(slots=True)
@@ -34,13 +38,19 @@ class Load:
     count: int  # entry-queue arrivals counted at the last tick
     at_ns: int  # time of the last tick
     last_arrival_ns: int = -1  # the tick at which arrivals were last seen
+    tau_s: float = 1.0  # the rate's averaging time at the last tick (see `observe`)
     rate_rps: float = 0.0
     dispersion: float = 1.0  # index of dispersion of counts; 1 = Poisson (the prior before data)
     ticks: int = 0
 
 
-def observe(load: Load, count: int, now_ns: int, tau_s: float) -> None:
-    """Fold the arrivals since the last tick into the estimates (in place: `load` is the policy's own)."""
+def observe(load: Load, count: int, now_ns: int, tau_min_s: float, tau_max_s: float) -> None:
+    """Fold the arrivals since the last tick into the estimates (in place: `load` is the policy's own).
+
+    The rate's averaging time is the shortest in which its standard error, sqrt(D / (rate x tau)), is
+    below `PRECISION`, kept within [`tau_min_s`, `tau_max_s`]: a busy stream is followed within a few
+    ticks (an on-off source's new phase is seen at once), a sparse one is averaged as long as a cold
+    start. The dispersion, a second moment, is always averaged over `tau_max_s`."""
     dt_ns = now_ns - load.at_ns
     if dt_ns <= 0:
         return
@@ -49,7 +59,6 @@ def observe(load: Load, count: int, now_ns: int, tau_s: float) -> None:
         load.last_arrival_ns = now_ns
     dt_s = dt_ns / NS_PER_S
     inst = n / dt_s
-    a = 1.0 - math.exp(-dt_s / tau_s) if tau_s > 0 else 1.0
     if load.ticks == 0:
         # NOTE: the first tick that saw arrivals seeds the rate: a fresh stream has nothing to average
         # with, and averaging in the silence before the first invocation would start it far too low
@@ -59,14 +68,29 @@ def observe(load: Load, count: int, now_ns: int, tau_s: float) -> None:
             return
         load.rate_rps = inst
     else:
+        tau = load.dispersion / (max(load.rate_rps, 1e-9) * PRECISION * PRECISION)
+        tau = min(max(tau, tau_min_s), tau_max_s)
+        load.tau_s = tau
+        a = 1.0 - math.exp(-dt_s / tau)
         expect = load.rate_rps * dt_s
         if expect > 0:
             d = (n - expect) ** 2 / expect
-            load.dispersion = (1 - a) * load.dispersion + a * max(d, 0.0)
+            ad = 1.0 - math.exp(-dt_s / tau_max_s)
+            load.dispersion = (1 - ad) * load.dispersion + ad * max(d, 0.0)
         load.rate_rps = (1 - a) * load.rate_rps + a * inst
     load.ticks += 1
     load.count = count
     load.at_ns = now_ns
+
+
+def rate_variance(load: Load) -> float:
+    """Variance of the rate estimate: a count over about `tau_s` seconds of index of dispersion D."""
+    return load.dispersion * load.rate_rps / load.tau_s if load.tau_s > 0 else 0.0
+
+
+def upper_rate_rps(load: Load) -> float:
+    """The upper end of the rate's confidence interval: two standard errors above the estimate."""
+    return load.rate_rps + 2.0 * math.sqrt(rate_variance(load))
 
 
 def entry_arrivals(wf) -> int:
