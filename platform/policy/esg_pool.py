@@ -2,21 +2,22 @@
 back from other functions' idle instances when a function has nowhere to grow.
 
 Per function, the plan (`esg_plan.pool_targets`) gives a configuration and the throughput its observed
-rate needs. A live instance counts with its full-batch throughput whatever its configuration, so a
-new plan never throws warm instances away: the pool grows in the new configuration and sheds the old
-one as it goes idle.
+rate needs. A live instance counts with its throughput at the planned batch whatever its share, so a
+new plan does not throw warm instances away: the pool grows in the new configuration and sheds the
+old one as it goes idle.
 
 - **Grow**: while the live throughput is below the need, start instances of the planned configuration
   (its share; its largest batch is the largest whose run fits half the stage's budget, so a burst
-  is absorbed by larger batches, not only by more instances),
-  best fit on the GPUs of the planned type, near the GPUs of the function's neighbours in its workflows
-  (their outputs are its inputs); functions furthest below their need go first, one start per round.
+  is absorbed by larger batches, not only by more instances), best fit on the GPUs of the planned
+  type, near the GPUs of the function's neighbours in its workflows (their outputs are its inputs);
+  functions furthest below their need go first, one start per round.
 - **Consolidate**: when the planned configuration alone would hold less share than the live mix, and
   the saving over the keep-alive horizon exceeds the share the new instances hold while they start,
   the planned instances are started as if the mix were gone; the mix then drains.
 - **Backlog**: a function whose oldest queued job has waited longer than its plan allows (the wait its
-  pool is sized for and its own run) while more jobs wait than one round of all its instances takes, and that has no instance starting, gets one more instance now, not after the
-  rate average caught up: the plan is being missed, whatever the estimate says.
+  pool is sized for and its own run) while more jobs wait than one round of all its instances takes
+  grows at once to the rate its queue shows (queued jobs over the oldest one's wait), not after the
+  rate average has caught up: the plan is being missed, whatever the estimate says.
 - **Release** (ski rental): a surplus instance (the rest still cover the need at the upper end of the
   rate's confidence interval, `PoolTarget.keep_rps`) is *draining*: the
   dispatcher gives it work only when no other instance is idle. Once its function has had a surplus
@@ -146,14 +147,16 @@ def reconcile(view: ClusterView, now_ns: int, targets: dict[str, PoolTarget], wa
         k = math.ceil((tg.need_rps - cover) / per - 1e-9) if cover < tg.need_rps else 0
         if not live[f]:
             k = max(k, 1)  # a function with an active workflow keeps one instance
-        # NOTE: one more instance per tick while the backlog lasts and none is starting: a start already
-        # under way is the answer to the backlog that built up behind it. A backlog is a queue that has
-        # waited past the plan *and* holds more than one round of every instance: a burst that the next
-        # round clears is what the sizing already allows for
+        # NOTE: a backlog is a queue that has waited past the plan *and* holds more than one round of
+        # every instance (a burst that the next round clears is what the sizing allows for). Its jobs
+        # arrived within the oldest one's wait, so queued / wait is a floor on the rate arriving now:
+        # the pool grows to it at once, not after the rate average has caught up (an on-off source's
+        # new phase). Instances still starting count, so a backlog is not answered twice.
         wait_ns, queued_n = waited.get(f, (0, 0))
-        if (wait_ns > tg.wait_ns + tg.latency_ns and queued_n > sum(i.max_batch for i in live[f])
-                and not any(i.state == _STARTING for i in live[f])):
-            k = max(k, 1)
+        if wait_ns > tg.wait_ns + tg.latency_ns and queued_n > sum(i.max_batch for i in live[f]):
+            floor_rps = queued_n * NS_PER_S / wait_ns
+            if floor_rps > have[f]:
+                k = max(k, math.ceil((floor_rps - have[f]) / per - 1e-9))
         if k > 0:
             want[f] = k
     if not want:

@@ -72,11 +72,12 @@ def observe(load: Load, count: int, now_ns: int, tau_min_s: float, tau_max_s: fl
         tau = min(max(tau, tau_min_s), tau_max_s)
         load.tau_s = tau
         a = 1.0 - math.exp(-dt_s / tau)
+        # NOTE: the sample's denominator is at least one arrival: after a long silence the expected count
+        # is near 0 and the first burst would otherwise read as an astronomical dispersion
         expect = load.rate_rps * dt_s
-        if expect > 0:
-            d = (n - expect) ** 2 / expect
-            ad = 1.0 - math.exp(-dt_s / tau_max_s)
-            load.dispersion = (1 - ad) * load.dispersion + ad * max(d, 0.0)
+        d = (n - expect) ** 2 / max(expect, 1.0)
+        ad = 1.0 - math.exp(-dt_s / tau_max_s)
+        load.dispersion = (1 - ad) * load.dispersion + ad * d
         load.rate_rps = (1 - a) * load.rate_rps + a * inst
     load.ticks += 1
     load.count = count
