@@ -37,7 +37,7 @@ from gpufaas.platform.decisions import Decisions
 from gpufaas.platform.errors import UserError
 from gpufaas.platform.policy import search as S
 from gpufaas.platform.policy.esg_dispatch import by_function, dispatch, shed_backlog
-from gpufaas.platform.policy.esg_plan import (WorkflowPlan, needs_replan, plan_workflow, pool_targets,
+from gpufaas.platform.policy.esg_plan import (WorkflowPlan, function_loads, needs_replan, plan_workflow, pool_targets,
                                               transfer_estimates_ns)
 from gpufaas.platform.policy.esg_pool import Room, reconcile
 from gpufaas.platform.policy.esg_rates import Load, entry_arrivals, observe, rate_variance, upper_rate_rps
@@ -171,7 +171,8 @@ class EsgPolicy:
             # NOTE: configurations are chosen for the upper end of the rate's confidence interval (the
             # rate the pool keeps capacity for, `esg_plan.pool_targets`), so a plan does not sit on
             # the edge where noise in the estimate adds and removes an instance in turn
-            state["plans"][wf.name] = plan_workflow(view, wf, upper_rate_rps(load), load.dispersion, self.target_hit,
+            loads = {n: (upper_rate_rps(ld), ld.dispersion) for n, ld in state["loads"].items()}
+            state["plans"][wf.name] = plan_workflow(view, wf, function_loads(view, loads), self.target_hit,
                                                     info.transfer_ns, self.search, (wf, load.rate_rps, load.dispersion))
 
     def _observe(self, view: ClusterView, now_ns: int, state: dict) -> None:

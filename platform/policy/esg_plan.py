@@ -5,13 +5,13 @@ The cost model sees the whole bill, not only the busy time. A provider pays for 
 instance holds over its life (waiting, idle, cold-starting), so the cost of a configuration is the
 share the function must hold to serve its observed rate with it, per request:
 
-    capacity         c    = what keeps P(wait > k rounds) <= eps     (`capacity_needed_rps`; a round:
-                                                                      one batch's run time)
+    capacity         c    = what keeps P(wait > w) <= eps           (`capacity_needed_rps`)
     instances        n    = ceil(c x latency(b, share) / b), at least 1
     cost per request      = n x share x price / rate    (+ the cold starts of instances not yet warm)
 
-A configuration is (GPU type, batch b, share, rounds k): a job may wait up to k rounds and then runs in
-the next, so a stage's planned time is (k + 1) x latency(b, share), plus the transfer of its inputs.
+A configuration is (GPU type, batch b, share, wait w): a job may wait up to w and then runs, so a
+stage's planned time is w + latency(b, share), plus the transfer of its inputs; w is a number of the
+stage's own rounds (batch run times) or a fraction of the SLO.
 The capacity follows from the observed rate and index of dispersion D of the arrivals (`esg_rates`)
 by the heavy-traffic approximation of the queue; `eps` follows from the policy's `target_hit` (the
 share of invocations that should meet their SLO) split evenly over the workflow's stages. Nothing is
@@ -42,17 +42,21 @@ NS_PER_S = 1_000_000_000
 # instance, and the cheapest is the smallest share that meets the SLO (the cost ordering does not
 # depend on the value, only that it is small and positive).
 MIN_RATE_RPS = 1e-3
-# NOTE: the waiting rounds a plan may allow (see `stage_options`): powers of two cover the range a
-# stage's share of an SLO can hold (a round is one batch's run time) with few options per stage; the
-# Pareto filter drops the ones that buy nothing
+# NOTE: the waits a plan may allow a stage (see `stage_options`), in two families: rounds of the
+# stage's own batch run time (a slow stage absorbs bursts over its own rounds) and powers-of-two
+# fractions of the workflow's SLO (a fast stage can hold a share of the SLO that has nothing to do
+# with its run time; otherwise a 0.3 ms stage would be sized to keep waits under a millisecond). Powers
+# of two cover each range with few options; the Pareto filter drops those that buy nothing.
 ROUNDS = (1, 2, 4, 8)
+SLO_FRACTIONS = (4, 8, 16, 32, 64)
 
 
 @dataclass(frozen=True, slots=True)
 class StageChoice:
     """The configuration planned for one stage: where (`gpu_type`), `batch`, `units` of share, its
-    batch latency, the instances its rate needs on its own, and its planned time (the rounds it may
-    wait, its own, and its input transfer)."""
+    batch latency, the instances its rate needs on its own, its planned time (its wait, its own run
+    and its input transfer) and the wait its pool is sized for (after the plan, its share of the
+    SLO's slack too)."""
 
     gpu_type: str
     batch: int
@@ -60,8 +64,7 @@ class StageChoice:
     latency_ns: int
     instances: int
     time_ns: int
-    rounds: int = 1
-    wait_ns: int = 0  # the queueing its pool is sized for: its share of the SLO less its run and transfer
+    wait_ns: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +84,7 @@ class WorkflowPlan:
 
 
 def miss_budget(target_hit: float, stages: int) -> float:
-    """The probability a stage may let a job wait past its planned rounds: the target miss rate
+    """The probability a stage may let a job wait past its planned wait: the target miss rate
     (1 - target_hit) split evenly over the workflow's stages."""
     return max(1e-9, (1.0 - target_hit))
 
@@ -101,10 +104,10 @@ def capacity_needed_rps(rate_rps: float, dispersion: float, wait_ns: int, eps: f
     return (rate_rps + math.sqrt(rate_rps * rate_rps + 4.0 * a)) / 2.0
 
 
-def instances_needed(rate_rps: float, dispersion: float, latency_ns: int, batch: int, rounds: int, eps: float) -> int:
+def instances_needed(rate_rps: float, dispersion: float, latency_ns: int, batch: int, wait_ns: int, eps: float) -> int:
     """Instances of (batch, latency) whose full-batch throughput is the capacity needed to keep a job's
-    wait within `rounds` rounds (`capacity_needed_rps`); at least 1."""
-    c = capacity_needed_rps(rate_rps, dispersion, rounds * latency_ns, eps)
+    wait within `wait_ns` (`capacity_needed_rps`); at least 1."""
+    c = capacity_needed_rps(rate_rps, dispersion, wait_ns, eps)
     return max(1, math.ceil(c * latency_ns / NS_PER_S / batch - 1e-9))
 
 
@@ -139,14 +142,15 @@ def warm_counts(view: ClusterView, function: str) -> dict[tuple[str, int], list[
     return out
 
 
-def stage_options(view: ClusterView, function: str, rate_rps: float, dispersion: float, eps: float) -> list[tuple]:
+def stage_options(view: ClusterView, function: str, rate_rps: float, dispersion: float, eps: float,
+                  slo_ns: int) -> list[tuple]:
     """The Pareto front (no option both cheaper and faster) of `function`'s configurations on the
     cluster, as (cost per request, planned time without transfer, StageChoice), at the observed load.
 
-    A configuration is (GPU type, batch, share, rounds): with `rounds` = k, a job may wait up to k
-    rounds before its own, so a burst is absorbed over k rounds instead of one: fewer instances, a
-    longer planned time (k + 1 rounds). The search then trades queueing time against held share where
-    the SLO leaves room.
+    A configuration is (GPU type, batch, share, wait): a job may wait up to `wait` before its batch
+    runs, so a burst is absorbed over that time: a longer wait needs fewer instances and plans a longer
+    time for the stage (`ROUNDS`, `SLO_FRACTIONS`). The search then trades queueing time against held
+    share where the SLO leaves room.
 
     Reusing warm instances is cheaper than starting new ones: each instance a configuration needs
     beyond the live ones of that configuration also pays for the move, two cold starts' worth of its
@@ -167,11 +171,13 @@ def stage_options(view: ClusterView, function: str, rate_rps: float, dispersion:
             for b in fn.batch_sizes:
                 lat = fn.latency_ns(t, b, u, g.share_units)
                 have = sum(1 for mb in warm.get((t, u), ()) if mb >= b)
-                for k in ROUNDS:
-                    n = instances_needed(rate, dispersion, lat, b, k, eps)
+                waits = {k * lat for k in ROUNDS} | {slo_ns // f for f in SLO_FRACTIONS}
+                for w in waits:
+                    if w + lat > slo_ns:
+                        continue
+                    n = instances_needed(rate, dispersion, lat, b, w, eps)
                     cost = (n + max(0, n - have) * 2 * cold_ns / horizon_ns) * u * g.usd_per_unit_ns * NS_PER_S / rate
-                    time = (k + 1) * lat
-                    cand.append((cost, time, StageChoice(t, b, u, lat, n, time, k)))
+                    cand.append((cost, w + lat, StageChoice(t, b, u, lat, n, w + lat, w)))
     cand.sort(key=lambda o: (o[0], o[1]))
     front = []
     best_time = None
@@ -182,13 +188,31 @@ def stage_options(view: ClusterView, function: str, rate_rps: float, dispersion:
     return front
 
 
-def plan_workflow(view: ClusterView, wf: WorkflowRt, rate_rps: float, dispersion: float, target_hit: float,
+def function_loads(view: ClusterView, loads: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+    """Per function, the (rate, dispersion) its pool serves: the rates of every workflow stage that uses
+    it summed, the largest dispersion among them. `loads`: per workflow name, (rate, dispersion)."""
+    out: dict[str, tuple[float, float]] = {}
+    for name, (rate, disp) in loads.items():
+        wf = view.workflows.get(name)
+        if wf is None:
+            continue
+        for s in wf.stages:
+            r0, d0 = out.get(s.function, (0.0, 0.0))
+            out[s.function] = (r0 + rate, max(d0, disp))
+    return out
+
+
+def plan_workflow(view: ClusterView, wf: WorkflowRt, fn_loads: dict[str, tuple[float, float]], target_hit: float,
                   transfer_ns: list[int], search: Callable[[list[S.StageTable], int], S.Result], key: tuple) -> WorkflowPlan:
     """The cheapest per-stage configurations whose critical path (planned times + transfers) meets the
-    SLO, by ESG's A*-search; the fastest ones when none does (`feasible` False)."""
+    SLO, by ESG's A*-search; the fastest ones when none does (`feasible` False). `fn_loads`: per
+    function, the load its pool serves (`function_loads`): a function that other workflows use too is
+    priced at the load it really carries, so a plan does not take a wait that its shared pool cannot
+    keep."""
     n = len(wf.stages)
     eps = miss_budget(target_hit, n)
-    per_stage = [stage_options(view, s.function, rate_rps, dispersion, eps) for s in wf.stages]
+    per_stage = [stage_options(view, s.function, *fn_loads.get(s.function, (0.0, 1.0)), eps, wf.slo_ns)
+                 for s in wf.stages]
     problem = [S.StageTable((S.Option(0.0, 0, 1, 0),))]  # a virtual root feeds the entry stages
     for i, s in enumerate(wf.stages):
         opts = tuple(S.Option(c, t, ch.batch, ch.units, k) for k, (c, t, ch) in enumerate(per_stage[i]))
@@ -208,8 +232,8 @@ def plan_workflow(view: ClusterView, wf: WorkflowRt, rate_rps: float, dispersion
     # is where the SLO's slack goes: fewer instances, not idle time.
     cp = sum(slo.weights_ns)
     scale = wf.slo_ns / cp if cp > 0 and res.choice is not None else 1.0
-    choices = tuple(StageChoice(ch.gpu_type, ch.batch, ch.units, ch.latency_ns, ch.instances, times[i], ch.rounds,
-                                max(ch.rounds * ch.latency_ns, int(times[i] * scale) - ch.latency_ns - transfer_ns[i]))
+    choices = tuple(StageChoice(ch.gpu_type, ch.batch, ch.units, ch.latency_ns, ch.instances, times[i],
+                                max(ch.wait_ns, int(times[i] * scale) - ch.latency_ns - transfer_ns[i]))
                     for i, (_, _, ch) in enumerate(picked))
     weights = []
     for i in range(n):
@@ -224,6 +248,10 @@ def plan_workflow(view: ClusterView, wf: WorkflowRt, rate_rps: float, dispersion
     return WorkflowPlan(key, choices, slo, tuple(weights), tuple(fastest_ns), tuple(after), res.choice is not None)
 
 
+# a plan is searched again when the observed rate leaves [r0 / 2^(1/4), r0 x 2^(1/4)] (see `needs_replan`)
+RATE_BAND_LOG2 = 0.25
+
+
 def needs_replan(plan: "WorkflowPlan | None", wf: WorkflowRt, rate_rps: float, dispersion: float) -> bool:
     """Whether the observed load has moved far enough from the one `plan` was made for to search again:
     the rate by more than 2^(1/4) (19 %) or the dispersion by more than 2, either way.
@@ -236,7 +264,7 @@ def needs_replan(plan: "WorkflowPlan | None", wf: WorkflowRt, rate_rps: float, d
         return True
     r0, d0 = plan.key[1], plan.key[2]
     r, r0 = max(rate_rps, MIN_RATE_RPS), max(r0, MIN_RATE_RPS)
-    return (abs(math.log2(r / r0)) > 0.25
+    return (abs(math.log2(r / r0)) > RATE_BAND_LOG2
             or abs(math.log2(max(dispersion, 1e-3) / max(d0, 1e-3))) > 1.0)
 
 
@@ -254,6 +282,7 @@ class PoolTarget:
     units: int
     latency_ns: int
     need_rps: float
+    mid_rps: float
     keep_rps: float
     wait_ns: int
     max_batch: int
@@ -266,10 +295,13 @@ def pool_targets(view: ClusterView, plans: dict[str, WorkflowPlan], loads: dict[
     uses it, with the largest dispersion among them. `loads`: per workflow (rate, dispersion, the
     variance of the rate estimate, `esg_rates.rate_variance`).
 
-    `keep_rps` is the need at the upper end of the rate's confidence interval (two standard errors):
-    the pool releases
-    share only below that, and grows above `need_rps`, so noise in the estimate does not start and
-    stop instances in turn."""
+    `need_rps` and `keep_rps` are the capacity needed at the lower and the upper end of the rate's
+    confidence interval (two standard errors either way): the pool grows only when even the lower end
+    needs more than it has, and releases share of the planned configuration only below the upper end,
+    so noise in the estimate does not start and stop instances in turn (a real surge shows as a
+    backlog, which the pool answers at once, `esg_pool`). An instance of a configuration the plan has
+    left is released down to `mid_rps`, the need at the estimate itself: holding it against the upper
+    end would keep the old configuration beside the new one for as long as the rate sits there."""
     acc: dict[str, list] = {}
     for wname, plan in plans.items():
         wf = view.workflows.get(wname)
@@ -292,12 +324,14 @@ def pool_targets(view: ClusterView, plans: dict[str, WorkflowPlan], loads: dict[
     for f, (ch, rate, disp, stages, var) in acc.items():
         eps = miss_budget(target_hit, stages)
         wait_ns = ch.wait_ns
-        need = capacity_needed_rps(max(rate, MIN_RATE_RPS), disp, wait_ns, eps)
-        keep = capacity_needed_rps(max(rate + 2.0 * math.sqrt(var), MIN_RATE_RPS), disp, wait_ns, eps)
+        sd = math.sqrt(var)
+        need = capacity_needed_rps(max(rate - 2.0 * sd, MIN_RATE_RPS), disp, wait_ns, eps)
+        mid = capacity_needed_rps(max(rate, MIN_RATE_RPS), disp, wait_ns, eps)
+        keep = capacity_needed_rps(max(rate + 2.0 * sd, MIN_RATE_RPS), disp, wait_ns, eps)
         fn = view.functions[f]
         units_per_gpu = next(g.share_units for g in gpu_types(view) if g.type_name == ch.gpu_type)
         half_ns = (wait_ns + ch.latency_ns) // 2
         top = max((b for b in fn.batch_sizes if b >= ch.batch
                    and fn.latency_ns(ch.gpu_type, b, ch.units, units_per_gpu) <= half_ns), default=ch.batch)
-        out[f] = PoolTarget(f, ch.gpu_type, ch.batch, ch.units, ch.latency_ns, need, keep, wait_ns, top)
+        out[f] = PoolTarget(f, ch.gpu_type, ch.batch, ch.units, ch.latency_ns, need, mid, keep, wait_ns, top)
     return out

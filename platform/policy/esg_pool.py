@@ -19,7 +19,8 @@ old one as it goes idle.
   grows at once to the rate its queue shows (queued jobs over the oldest one's wait), not after the
   rate average has caught up: the plan is being missed, whatever the estimate says.
 - **Release** (ski rental): a surplus instance (the rest still cover the need at the upper end of the
-  rate's confidence interval, `PoolTarget.keep_rps`) is *draining*: the
+  rate's confidence interval, `PoolTarget.keep_rps`; at the estimate itself for an instance of a
+  configuration the plan has left) is *draining*: the
   dispatcher gives it work only when no other instance is idle. Once its function has had a surplus
   for as long as a cold start takes, its idle draining instances are stopped: holding surplus longer
   than that costs more than starting it again would, and releasing it sooner risks paying the cold
@@ -203,9 +204,15 @@ def _release(view: ClusterView, now_ns: int, tg: PoolTarget, insts: list[Instanc
                   key=lambda i: (is_planned(i, tg), -i.share_units, -i.start_ns))
     left = len(ready)
     marked = []
+    kept_other = False
     for inst in cand:
         cap = throughput_rps(inst, tg)
-        if left <= 1 or cover - cap < tg.keep_rps:
+        if kept_other and is_planned(inst, tg):
+            break  # NOTE: never drain the planned configuration while another one stays (consolidation
+            # would start the planned one again at once)
+        planned = is_planned(inst, tg)
+        if left <= 1 or cover - cap < (tg.keep_rps if planned else tg.mid_rps):
+            kept_other = kept_other or not planned
             continue
         cover -= cap
         have[f] -= cap

@@ -24,10 +24,10 @@ import math
 from dataclasses import dataclass
 
 NS_PER_S = 1_000_000_000
-# NOTE: the relative standard error the rate estimate aims for: a third of the planning band (a plan
+# NOTE: the relative standard error the rate estimate aims for: a quarter of the planning band (a plan
 # is searched again when the rate moves by 2^(1/4), `esg_plan.needs_replan`), so noise alone crosses
-# it in fewer than 3 in 1000 ticks
-PRECISION = (2 ** (1 / 4) - 1) / 3
+# it in fewer than 1 in 10,000 ticks
+PRECISION = (2 ** (1 / 4) - 1) / 4
 
 
 @dataclass(slots=True)
