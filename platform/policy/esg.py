@@ -102,12 +102,14 @@ class EsgPolicy:
         """`info`: per workflow name, its `_WfInfo`; `loads`: per workflow, its observed `Load`;
         `plans`: per workflow, its current `WorkflowPlan`; `next_tick_ns`: when to observe and size next;
         `draining`: instance ids surplus to their pool at the last sizing (`esg_pool.reconcile`);
-        `surplus_since`: per function, since when it has had a surplus.
+        `surplus_since`: per function, since when it has had a surplus; `shed`: per function, jobs shed
+        for contention since the last sizing.
 
         NOTE: the state dict is the policy's own and is updated in place and returned (the controller
         stores it and hands it back); nothing of the controller's is kept in it except workflow objects,
         which are immutable once deployed and only compared by identity."""
-        return {"info": {}, "loads": {}, "plans": {}, "next_tick_ns": 0, "draining": set(), "surplus_since": {}}
+        return {"info": {}, "loads": {}, "plans": {}, "next_tick_ns": 0, "draining": set(), "surplus_since": {},
+                "shed": {}}
 
     def schedule(self, view: ClusterView, now_ns: int, state: dict) -> tuple[Decisions, dict]:
         """One pass (see the module docstring)."""
@@ -124,20 +126,27 @@ class EsgPolicy:
                 if q.workflow.name not in plans or plans[q.workflow.name].key[0] is not q.workflow:
                     self._observe_one(view, now_ns, state, q.workflow)
         used: set[int] = set()
+        shed: dict[str, int] = state["shed"]  # jobs shed for contention since the last sizing, per function
         idle_less = []
         for f, qs in grouped.items():
             if view.idle_by_function.get(f):
-                dispatch(view, now_ns, f, qs, queued[f], plans, used, state["draining"], actions)
+                n = dispatch(view, now_ns, f, qs, queued[f], plans, used, state["draining"], actions)
+                if n:
+                    shed[f] = shed.get(f, 0) + n
             else:
                 idle_less.append(f)
         starved = any(not view.instances_by_function.get(f) for f in idle_less)
         if tick or starved:
             if tick:
                 for f in idle_less:
-                    shed_backlog(view, now_ns, f, grouped[f], queued[f], plans, actions)
+                    n = shed_backlog(view, now_ns, f, grouped[f], queued[f], plans, actions)
+                    if n:
+                        shed[f] = shed.get(f, 0) + n
             targets = pool_targets(view, self._active_plans(view, now_ns, state), self._loads(state), self.target_hit)
             waited = {f: (now_ns - min(q.jobs[0].enq_ns for q in qs), queued[f]) for f, qs in grouped.items()}
-            state["draining"] = reconcile(view, now_ns, targets, waited, Room(view), used, actions, state["surplus_since"])
+            state["draining"] = reconcile(view, now_ns, targets, waited, shed, Room(view), used, actions,
+                                          state["surplus_since"])
+            shed.clear()
         # NOTE: quiet_until_match: late binding acts only where a queued job and an idle instance of
         # one function meet; everything else (sizing, shedding) waits for the tick
         return Decisions(tuple(actions), state["next_tick_ns"], quiet_until_match=True), state

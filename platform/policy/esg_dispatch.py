@@ -74,12 +74,13 @@ def _hopeless(plans: dict[str, WorkflowPlan], job: Job, start_ns: int, run_ns: i
 
 
 def dispatch(view: ClusterView, now_ns: int, fname: str, qs: list[AfwQueue], queued: int,
-             plans: dict[str, WorkflowPlan], used: set[int], draining: set[int], actions: list) -> None:
+             plans: dict[str, WorkflowPlan], used: set[int], draining: set[int], actions: list) -> int:
     """Give `fname`'s queued jobs (`queued` of them in `qs`) to its idle instances (module docstring).
-    `used`: instances given work in this pass (updated); `draining`: instances to use last."""
+    `used`: instances given work in this pass (updated); `draining`: instances to use last. Returns
+    how many jobs were shed for contention."""
     idle = [i for i in view.idle_instances(fname) if i.id not in used]
     if not idle:
-        return
+        return 0
     idle.reverse()  # most recently idle first
     if draining:
         idle.sort(key=lambda i: i.id in draining)  # stable: draining ones last
@@ -144,6 +145,7 @@ def dispatch(view: ClusterView, now_ns: int, fname: str, qs: list[AfwQueue], que
         actions.append(Reject(tuple(shed), _REJECT_REASON))
     if missed:
         actions.append(Reject(tuple(missed), _MISS_REASON))
+    return len(shed)
 
 
 def _pick(idle: list[Instance], head: Job) -> Instance:
@@ -159,15 +161,16 @@ def _pick(idle: list[Instance], head: Job) -> Instance:
 
 
 def shed_backlog(view: ClusterView, now_ns: int, fname: str, qs: list[AfwQueue], queued: int,
-                 plans: dict[str, WorkflowPlan], actions: list) -> None:
+                 plans: dict[str, WorkflowPlan], actions: list) -> int:
     """At a tick: if `fname`'s queue exceeds one round of all its live instances, project each job's
-    finish in service order (rounds of the instances' full batches) and reject the jobs that would miss."""
+    finish in service order (rounds of the instances' full batches) and reject the jobs that would
+    miss. Returns how many."""
     live = [i for i in view.instances(fname) if not i.stopping]
     if not live:
-        return
+        return 0
     per_round = sum(i.max_batch for i in live)
     if queued <= per_round:
-        return
+        return 0
     round_ns = sum(i.batch_latency_ns(i.max_batch) for i in live) // len(live)
     first_ns = min(_free_in_ns(view, i, now_ns) for i in live)
     admitted = 0
@@ -180,6 +183,7 @@ def shed_backlog(view: ClusterView, now_ns: int, fname: str, qs: list[AfwQueue],
             admitted += 1
     if shed:
         actions.append(Reject(tuple(shed), _REJECT_REASON))
+    return len(shed)
 
 
 def _free_in_ns(view: ClusterView, inst: Instance, now_ns: int) -> int:

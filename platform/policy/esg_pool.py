@@ -17,7 +17,8 @@ old one as it goes idle.
 - **Backlog**: a function whose oldest queued job has waited longer than its plan allows (the wait its
   pool is sized for and its own run) while more jobs wait than one round of all its instances takes
   grows at once to the rate its queue shows (queued jobs over the oldest one's wait), not after the
-  rate average has caught up: the plan is being missed, whatever the estimate says.
+  rate average has caught up: the plan is being missed, whatever the estimate says. Jobs shed for
+  contention count the same way (shedding keeps the queue short and would hide the backlog).
 - **Release** (ski rental): a surplus instance (the rest still cover the need at the upper end of the
   rate's confidence interval, `PoolTarget.keep_rps`; at the estimate itself for an instance of a
   configuration the plan has left) is *draining*: the
@@ -27,7 +28,12 @@ old one as it goes idle.
   start for a short lull.
 - **Reclaim**: with no room for a start, idle surplus instances of other functions are stopped on a
   GPU where that makes room; a function with no instance at all may also take the longest-idle
-  instance of a function that holds two or more.
+  instance of a function that holds two or more. Failing that, the largest smaller share the function
+  offers that fits a fragment is started (a saturated cluster leaves no units idle).
+- **Rebalance** (saturated cluster): a function that still lacks capacity and finds no room is the
+  bottleneck of its workflows; a function sharing a workflow with it that holds more than the same
+  fraction of its own need gives up an instance (busy ones after their batch), so the share goes where
+  the pipeline's throughput is decided.
 
 Who calls it: `esg.EsgPolicy.schedule` on a tick (and when a function with queued work has no
 instance). Reads the view; appends `Start`/`Stop` actions and books capacity in its own `Room`.
@@ -36,6 +42,7 @@ instance). Reads the view; appends `Start`/`Stop` actions and books capacity in 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from gpufaas.platform.decisions import Start, Stop
 from gpufaas.platform.policy.esg_plan import PoolTarget
@@ -112,10 +119,11 @@ def _place(view: ClusterView, room: Room, tg: PoolTarget, mb: float, near: set[s
     return best
 
 
-def reconcile(view: ClusterView, now_ns: int, targets: dict[str, PoolTarget], waited: dict[str, tuple[int, int]], room: Room,
-              protect: set[int], actions: list, surplus_since: dict[str, int]) -> set[int]:
+def reconcile(view: ClusterView, now_ns: int, targets: dict[str, PoolTarget], waited: dict[str, tuple[int, int]],
+              shed: dict[str, int], room: Room, protect: set[int], actions: list, surplus_since: dict[str, int]) -> set[int]:
     """Grow, release and reclaim (module docstring). `waited`: per function, how long its oldest queued
-    job has waited and how many jobs are queued; `protect`:
+    job has waited and how many jobs are queued; `shed`: per function, jobs shed for contention since
+    the last sizing; `protect`:
     instances given work in this pass (never stopped); `surplus_since`: per function, since when it has
     had more than it needs (the policy's state, updated). Returns the draining instances (surplus to
     their function's need), which the dispatcher gives work only when no other instance is idle."""
@@ -158,11 +166,17 @@ def reconcile(view: ClusterView, now_ns: int, targets: dict[str, PoolTarget], wa
             floor_rps = queued_n * NS_PER_S / wait_ns
             if floor_rps > have[f]:
                 k = max(k, math.ceil((floor_rps - have[f]) / per - 1e-9))
+        # NOTE: jobs shed for contention are demand the pool did not serve; shedding keeps the queue
+        # short, so it hides the backlog above: one more instance per sizing while it lasts and none
+        # is starting (on a saturated cluster there is no room and nothing changes)
+        if shed.get(f) and not any(i.state == _STARTING for i in live[f]):
+            k = max(k, 1)
         if k > 0:
             want[f] = k
     if not want:
         return draining
     near = neighbours(view)
+    unmet: set[str] = set()
     order = sorted(want, key=lambda f: (have[f] / targets[f].need_rps, f))
     while order:
         nxt = []
@@ -173,16 +187,73 @@ def reconcile(view: ClusterView, now_ns: int, targets: dict[str, PoolTarget], wa
             gpu = _place(view, room, tg, mb, near.get(f, set()))
             if gpu is None:
                 gpu = _reclaim(view, tg, mb, targets, have, live, protect, stopped, room, actions, starved=not live[f])
+            start = tg
             if gpu is None:
+                # NOTE: no GPU has the planned share free: take the largest smaller share the function
+                # offers that fits a fragment (a saturated cluster otherwise leaves a few units idle on
+                # every GPU while a function lacks capacity)
+                for u in sorted(fn.share_units[tg.gpu_type], reverse=True):
+                    if u < tg.units:
+                        start = replace(tg, units=u)
+                        gpu = _place(view, room, start, mb, near.get(f, set()))
+                        if gpu is not None:
+                            break
+            if gpu is None:
+                unmet.add(f)
                 continue  # no room for this function in this pass
-            room.take(gpu, tg.units, mb)
-            actions.append(Start(f, gpu, tg.units, tg.max_batch))
-            have[f] += tg.batch * NS_PER_S / tg.latency_ns
+            room.take(gpu, start.units, mb)
+            actions.append(Start(f, gpu, start.units, start.max_batch))
+            units_per_gpu = view.gpus[gpu].share_units
+            have[f] += start.batch * NS_PER_S / fn.latency_ns(start.gpu_type, start.batch, start.units, units_per_gpu)
             want[f] -= 1
             if want[f] > 0:
                 nxt.append(f)
         order = nxt
+    for f in sorted(unmet, key=lambda f: have[f] / targets[f].need_rps):
+        _rebalance(view, targets[f], targets, have, live, protect, stopped, room, actions)
     return draining
+
+
+def _rebalance(view: ClusterView, tg: PoolTarget, targets: dict[str, PoolTarget], have: dict[str, float],
+               live: dict[str, list[Instance]], protect: set[int], stopped: set[int], room: Room, actions: list) -> None:
+    """The cluster has no room for `tg`'s function, which serves only `have / need` of its need: its
+    workflows' invocations pass through it at that fraction at most, so a function that shares a
+    workflow with it needs no more than that fraction of its own need either (pipeline-conscious
+    sizing under saturation). Stop one instance (busy ones finish their batch first) of such a
+    function that holds more, on a GPU where that makes room for `tg`; the next sizing starts `tg`."""
+    frac = have[tg.function] / tg.need_rps if tg.need_rps > 0 else 1.0
+    if frac >= 1.0:
+        return
+    mates: set[str] = set()
+    for wf in view.workflows.values():
+        fns = {s.function for s in wf.stages}
+        if tg.function in fns:
+            mates |= fns
+    mates.discard(tg.function)
+    best = None
+    best_key = None
+    for g in mates:
+        other = targets.get(g)
+        if other is None:
+            continue
+        for inst in live[g]:
+            if inst.id in protect or inst.id in stopped or inst.state == _STARTING:
+                continue
+            gpu = inst.gpu
+            if gpu.type_name != tg.gpu_type or room.units[gpu.id] + inst.share_units < tg.units:
+                continue
+            cap = throughput_rps(inst, other)
+            if have[g] - cap < other.need_rps * frac:
+                continue
+            key = (-(have[g] / other.need_rps), -inst.share_units, inst.id)
+            if best_key is None or key < best_key:
+                best, best_key = inst, key
+    if best is None:
+        return
+    actions.append(Stop(best.id))
+    stopped.add(best.id)
+    g = best.function.name
+    have[g] -= throughput_rps(best, targets.get(g))
 
 
 def _idle_free(inst: Instance, protect: set[int], stopped: set[int]) -> bool:
