@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from gpufaas.loadgen.scenario import load_scenario
 from gpufaas.loadgen.simdriver import run_scenario
@@ -74,6 +75,31 @@ def test_late_binding_never_queues_behind_an_instance():
         seen_backlog.extend(i.id for i in ctl.instances.values() if i.backlog)
     assert not seen_backlog
     ctl.check_invariants()
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(gpus=st.integers(1, 3), slo_ms=st.sampled_from([60, 100, 200]), warm=st.integers(1, 3),
+       gaps_ms=st.lists(st.integers(0, 6), min_size=40, max_size=160))
+def test_property_no_job_waits_in_an_instance_backlog(gpus, slo_ms, warm, gaps_ms):
+    """Whatever the arrivals, cluster size, SLO and warm instances: a job either waits in its AFW queue
+    (where whichever instance frees first can take it) or runs; it is never committed to a busy or
+    starting instance's backlog."""
+    ctl, clock, _ = controller(EsgPolicy(), gpus=gpus, functions=[function("f", "preprocess"), function("g", "resnet50")],
+                               workflows=[chain("w", ["f", "g"], slo_ms=slo_ms)])
+    ctl.apply(Decisions(tuple(Start(fn, k % gpus, 2, 4) for k in range(warm) for fn in ("f", "g"))))
+    clock.run(until_ns=5 * NS_PER_S)
+    t = clock.now_ns()
+    for gap in gaps_ms:
+        t += gap * NS_PER_MS
+        clock.call_at(t, lambda: ctl.submit("w"))
+    end = t + 10 * NS_PER_S
+    step = clock.now_ns()
+    while step < end:
+        step += NS_PER_MS
+        clock.run(until_ns=step)
+        assert not [i for i in ctl.instances.values() if i.backlog]
+    ctl.check_invariants()
+    assert not ctl.inflight  # every invocation ended
 
 
 def test_first_invocation_on_idle_platform_runs_and_reports_the_miss():
