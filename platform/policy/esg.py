@@ -142,7 +142,8 @@ class EsgPolicy:
                     n = shed_backlog(view, now_ns, f, grouped[f], queued[f], plans, actions)
                     if n:
                         shed[f] = shed.get(f, 0) + n
-            targets = pool_targets(view, self._active_plans(view, now_ns, state), self._loads(state), self.target_hit)
+            busy_wfs = {q.workflow.name for qs in grouped.values() for q in qs}
+            targets = pool_targets(view, self._active_plans(now_ns, state, busy_wfs), self._loads(state), self.target_hit)
             waited = {f: (now_ns - min(q.jobs[0].enq_ns for q in qs), queued[f]) for f, qs in grouped.items()}
             state["draining"] = reconcile(view, now_ns, targets, waited, shed, Room(view), used, actions,
                                           state["surplus_since"])
@@ -192,15 +193,17 @@ class EsgPolicy:
             state["loads"].pop(name, None)
             state["info"].pop(name, None)
 
-    def _active_plans(self, view: ClusterView, now_ns: int, state: dict) -> dict[str, WorkflowPlan]:
-        """Plans of the workflows that had an arrival within their keep-alive horizon, or have work."""
+    @staticmethod
+    def _active_plans(now_ns: int, state: dict, with_work: set[str]) -> dict[str, WorkflowPlan]:
+        """Plans of the workflows that have queued work (`with_work`) or had an arrival within their
+        keep-alive horizon."""
         out = {}
         for name, plan in state["plans"].items():
             load = state["loads"].get(name)
             info = state["info"].get(name)
             if load is None or info is None:
                 continue
-            if load.last_arrival_ns >= 0 and now_ns - load.last_arrival_ns <= info.active_ns:
+            if name in with_work or (load.last_arrival_ns >= 0 and now_ns - load.last_arrival_ns <= info.active_ns):
                 out[name] = plan
         return out
 
