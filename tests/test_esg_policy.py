@@ -186,3 +186,37 @@ def test_goodput_under_overload_does_not_collapse():
         good[load] = r["slo_hit_rate"] * ended
         assert r["refused_decisions"] == 0
     assert good[4.0] >= good[1.0]
+
+
+def test_a_saturated_bottleneck_replaces_its_fragment_fills_with_the_planned_share():
+    """image-classify on 4 V100s (synthetic fixture) at twice what they can serve: ResNet-50 is the
+    bottleneck, and while the load ramps up its pool gets a smaller share wherever a fragment was free
+    and preprocess keeps an older, larger mix. Once saturated, the pipeline-conscious rebalance frees
+    room on one GPU (preprocess above the fraction ResNet can pass, ResNet's own small instances) until
+    the planned share fits: by the end every ResNet-50 instance has the planned share."""
+    from gpufaas.loadgen.simdriver import build_controller, build_policy
+    from gpufaas.loadgen.workload import arrivals
+    from gpufaas.platform.clock import VirtualClock
+    from tests.conftest import ROOT
+
+    sc = load_scenario(ROOT / "tests" / "fixtures" / "v100x4.yaml")
+    stream = sc.workload.streams[0].model_copy(update={"arrival": "gamma", "cv": 2.0, "rate_rps": 5000.0})
+    sc = sc.model_copy(update={"duration_s": 40.0, "workload": sc.workload.model_copy(update={"streams": [stream]})})
+    clock = VirtualClock()
+    ctl = build_controller(sc, build_policy(sc, "esg"), clock, check_purity=True)
+    it = arrivals(sc.workload, sc.seed, sc.duration_s, 1.0)
+
+    def arrive(_stream: int) -> None:
+        ctl.submit("image-classify")
+        nxt = next(it, None)
+        if nxt is not None:
+            clock.call_at_fast(nxt[0], arrive, nxt[1])
+
+    first = next(it)
+    clock.call_at_fast(first[0], arrive, first[1])
+    clock.run(until_ns=int(sc.duration_s * NS_PER_S))
+    plan = ctl.state["plans"]["image-classify"]
+    resnet = plan.choices[[s.function for s in ctl.workflows["image-classify"].stages].index("resnet50")]
+    shares = sorted(i.share_units for i in ctl.instances.values() if i.function.name == "resnet50")
+    assert ctl.acct.report()["rejected"] > 0, "the scenario must saturate the cluster"
+    assert shares and all(u == resnet.units for u in shares), (shares, resnet.units)

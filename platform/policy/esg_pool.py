@@ -31,9 +31,11 @@ old one as it goes idle.
   instance of a function that holds two or more. Failing that, the largest smaller share the function
   offers that fits a fragment is started (a saturated cluster leaves no units idle).
 - **Rebalance** (saturated cluster): a function that still lacks capacity and finds no room is the
-  bottleneck of its workflows; a function sharing a workflow with it that holds more than the same
-  fraction of its own need gives up an instance (busy ones after their batch), so the share goes where
-  the pipeline's throughput is decided.
+  bottleneck of its workflows; on one GPU, functions sharing a workflow with it that hold more than
+  the same fraction of their own need, and its own instances of a smaller share (fragment fills),
+  give up instances (busy ones after their batch) until its planned share fits, so the share goes
+  where the pipeline's throughput is decided. Fragments are not filled on a GPU whose share is being
+  freed that way.
 
 Who calls it: `esg.EsgPolicy.schedule` on a tick (and when a function with queued work has no
 instance). Reads the view; appends `Start`/`Stop` actions and books capacity in its own `Room`.
@@ -102,13 +104,14 @@ def neighbours(view: ClusterView) -> dict[str, set[str]]:
     return out
 
 
-def _place(view: ClusterView, room: Room, tg: PoolTarget, mb: float, near: set[str]) -> int | None:
-    """Best fit among the GPUs of the planned type: least free share left, then nearest to the
-    function's neighbours (same GPU, then same node), then lowest id."""
+def _place(view: ClusterView, room: Room, tg: PoolTarget, mb: float, near: set[str],
+           skip: frozenset[int] | set[int] = frozenset()) -> int | None:
+    """Best fit among the GPUs of the planned type (but those in `skip`): least free share left, then
+    nearest to the function's neighbours (same GPU, then same node), then lowest id."""
     best = None
     best_key = None
     for g in view.gpus:
-        if g.type_name != tg.gpu_type or not room.fits(g.id, tg.units, mb):
+        if g.type_name != tg.gpu_type or g.id in skip or not room.fits(g.id, tg.units, mb):
             continue
         key = (room.units[g.id] - tg.units, 0, g.id)
         if near:
@@ -176,6 +179,7 @@ def reconcile(view: ClusterView, now_ns: int, targets: dict[str, PoolTarget], wa
     if not want:
         return draining
     near = neighbours(view)
+    freeing = {i.gpu.id for f in view.functions for i in view.instances(f) if i.stopping}
     unmet: set[str] = set()
     order = sorted(want, key=lambda f: (have[f] / targets[f].need_rps, f))
     while order:
@@ -191,11 +195,12 @@ def reconcile(view: ClusterView, now_ns: int, targets: dict[str, PoolTarget], wa
             if gpu is None:
                 # NOTE: no GPU has the planned share free: take the largest smaller share the function
                 # offers that fits a fragment (a saturated cluster otherwise leaves a few units idle on
-                # every GPU while a function lacks capacity)
+                # every GPU while a function lacks capacity); never on a GPU where share is being freed
+                # for a planned instance (`_rebalance`), which the fragment would take first
                 for u in sorted(fn.share_units[tg.gpu_type], reverse=True):
                     if u < tg.units:
                         start = replace(tg, units=u)
-                        gpu = _place(view, room, start, mb, near.get(f, set()))
+                        gpu = _place(view, room, start, mb, near.get(f, set()), freeing)
                         if gpu is not None:
                             break
             if gpu is None:
@@ -219,41 +224,66 @@ def _rebalance(view: ClusterView, tg: PoolTarget, targets: dict[str, PoolTarget]
     """The cluster has no room for `tg`'s function, which serves only `have / need` of its need: its
     workflows' invocations pass through it at that fraction at most, so a function that shares a
     workflow with it needs no more than that fraction of its own need either (pipeline-conscious
-    sizing under saturation). Stop one instance (busy ones finish their batch first) of such a
-    function that holds more, on a GPU where that makes room for `tg`; the next sizing starts `tg`."""
-    frac = have[tg.function] / tg.need_rps if tg.need_rps > 0 else 1.0
+    sizing under saturation). On one GPU, stop instances (busy ones finish their batch first) until
+    the planned share fits: instances of such functions that hold more than that fraction, and the
+    function's own instances of a smaller share (fragment fills, older configurations) when the
+    planned instance serves more than they do together. The GPU that loses the least throughput of
+    the function itself wins; the next sizing starts `tg` there."""
+    f = tg.function
+    frac = have[f] / tg.need_rps if tg.need_rps > 0 else 1.0
     if frac >= 1.0:
         return
     mates: set[str] = set()
     for wf in view.workflows.values():
         fns = {s.function for s in wf.stages}
-        if tg.function in fns:
+        if f in fns:
             mates |= fns
-    mates.discard(tg.function)
-    best = None
-    best_key = None
-    for g in mates:
-        other = targets.get(g)
-        if other is None:
+    mates.discard(f)
+    gain = tg.batch * NS_PER_S / tg.latency_ns
+    by_gpu: dict[int, list[Instance]] = {}
+    for g in [f, *sorted(mates)]:
+        if g != f and g not in targets:
             continue
         for inst in live[g]:
-            if inst.id in protect or inst.id in stopped or inst.state == _STARTING:
+            if inst.id in protect or inst.id in stopped or inst.state == _STARTING or inst.gpu.type_name != tg.gpu_type:
                 continue
-            gpu = inst.gpu
-            if gpu.type_name != tg.gpu_type or room.units[gpu.id] + inst.share_units < tg.units:
+            if g == f and inst.share_units >= tg.units:
                 continue
-            cap = throughput_rps(inst, other)
-            if have[g] - cap < other.need_rps * frac:
+            by_gpu.setdefault(inst.gpu.id, []).append(inst)
+    best: list[Instance] | None = None
+    best_key = None
+    for gpu_id, cands in by_gpu.items():
+        free = room.units[gpu_id]
+        own_left = sum(1 for i in live[f] if i.state != _STARTING and i.id not in stopped)
+        left = dict(have)
+        lost_own = 0.0
+        chosen: list[Instance] = []
+        # the largest first: fewest stops for the room needed
+        for inst in sorted(cands, key=lambda i: (-i.share_units, i.id)):
+            if free >= tg.units:
+                break
+            g = inst.function.name
+            cap = throughput_rps(inst, targets.get(g))
+            if g != f and left[g] - cap < targets[g].need_rps * frac:
                 continue
-            key = (-(have[g] / other.need_rps), -inst.share_units, inst.id)
-            if best_key is None or key < best_key:
-                best, best_key = inst, key
-    if best is None:
-        return
-    actions.append(Stop(best.id))
-    stopped.add(best.id)
-    g = best.function.name
-    have[g] -= throughput_rps(best, targets.get(g))
+            left[g] -= cap
+            if g == f:
+                lost_own += cap
+                own_left -= 1
+            free += inst.share_units
+            chosen.append(inst)
+        # NOTE: the function's own instances are replaced only while others of it stay up: the
+        # planned one cold-starts, and a pipeline stage with no instance stalls every workflow
+        if free < tg.units or lost_own >= gain or (lost_own and not own_left):
+            continue
+        key = (lost_own, len(chosen), gpu_id)
+        if best_key is None or key < best_key:
+            best, best_key = chosen, key
+    for inst in best or ():
+        actions.append(Stop(inst.id))
+        stopped.add(inst.id)
+        g = inst.function.name
+        have[g] -= throughput_rps(inst, targets.get(g))
 
 
 def _idle_free(inst: Instance, protect: set[int], stopped: set[int]) -> bool:
