@@ -108,7 +108,7 @@ def run_grid(cells: list[Cell], jobs: int, duration_s: float | None = None,
                 if on_done:
                     on_done(done, len(cells), cells[i], out[i])
         except BaseException:
-            # NOTE: one failed cell (or Ctrl-C) ends the run now, not after the hours the queued cells take
+            # NOTE: one failed cell (or Ctrl-C) ends the run now, not after the minutes the queued cells take
             pool.shutdown(wait=False, cancel_futures=True)
             raise
     return out  # type: ignore[return-value]
@@ -280,7 +280,7 @@ def COMMAND(scenarios: str, policies: str, loads: str, seeds: str, jobs: int | N
     """Run scenarios x policies x loads x seeds; write the README results, a Pareto plot and JSON; check targets.
 
     \b
-    Everything the README shows (about hours on 2 cores; see the README):
+    Everything the README shows (about 20 minutes on 2 cores):
       gpufaas results
     A quick look:
       gpufaas results --scenarios chain --loads 1 --seeds 1 --duration 20 --no-readme --plot /tmp/p.png
@@ -289,7 +289,7 @@ def COMMAND(scenarios: str, policies: str, loads: str, seeds: str, jobs: int | N
     from gpufaas.platform.clock import perf_ns
     from gpufaas.platform.policy.registry import builtin_registry
 
-    # NOTE: every flag and output path is checked before the first run: a typo must not cost hours.
+    # NOTE: every flag and output path is checked before the first run: a typo must not cost a whole run.
     paths = [_resolve(n) for n in _split(scenarios, "--scenarios", str, bool, "a scenario")]
     reg = builtin_registry()
     names = _split(policies, "--policies", str, lambda n: n in reg or ":" in n,

@@ -220,3 +220,23 @@ def test_a_saturated_bottleneck_replaces_its_fragment_fills_with_the_planned_sha
     shares = sorted(i.share_units for i in ctl.instances.values() if i.function.name == "resnet50")
     assert ctl.acct.report()["rejected"] > 0, "the scenario must saturate the cluster"
     assert shares and all(u == resnet.units for u in shares), (shares, resnet.units)
+
+
+def test_under_contention_a_job_without_time_for_the_planned_later_stages_is_shed():
+    """More jobs than the idle instances take, each with time for the fastest path after its stage but
+    not for the planned one: all are shed at once. Run and left to miss, they would take the first
+    stage's capacity from jobs that can still make it (the earliest-deadline-first domino)."""
+    ctl, clock, _ = controller(EsgPolicy(), gpus=1, functions=[function("f", "preprocess"), function("g", "resnet50")],
+                               workflows=[chain("w", ["f", "g"], slo_ms=200)])
+    ctl.submit("w")
+    clock.run(until_ns=10 * NS_PER_S)  # every pool up and idle
+    plan = ctl.state["plans"]["w"]
+    fastest, planned = plan.fastest_after_ns[0], plan.planned_after_ns[0]
+    assert planned > fastest  # the planned share of g is smaller than the largest
+    idle_f = [i for i in ctl.instances.values() if i.function.name == "f"]
+    run1 = max(i.batch_latency_ns(1) for i in idle_f)
+    slo_ms = (run1 + (fastest + planned) // 2) / NS_PER_MS
+    invs = [ctl.submit("w", slo_ms=slo_ms) for _ in range(sum(i.max_batch for i in idle_f) + 4)]
+    clock.run(until_ns=clock.now_ns() + 5 * NS_PER_S)
+    assert [i.status.name for i in invs] == ["REJECTED"] * len(invs)
+    assert all(i.reason.startswith("shed") for i in invs)

@@ -10,11 +10,19 @@ are shed under contention when they can no longer meet their deadline.
   queues behind a busy or cold-starting instance: nothing is committed where it cannot start now.
 - **Size.** The batch takes as many jobs as the instance's `max_batch` allows, shrunk while the head
   could not finish its stage by the latest time that still lets its deadline be met.
-- **Shed.** A job that cannot meet its deadline even on the fastest path (`fastest_after_ns`) is
-  rejected when its workflow says `on_deadline_miss: reject`, or when there is contention (more jobs
-  than the idle instances take now); otherwise it runs and counts as a miss. At a tick, a function
-  whose queue exceeds one round of all its instances projects each job's finish in queue order and
-  sheds those that would miss, so the capacity goes to jobs that can still make it (goodput).
+- **Shed.** Under contention (more jobs than the idle instances take now) a job is shed when it
+  cannot meet its deadline on the planned path (`planned_after_ns`: the later stages' planned runs,
+  which is what busy pools give it); a job that cannot meet it even on the fastest path
+  (`fastest_after_ns`) is rejected when its workflow says `on_deadline_miss: reject`; otherwise it
+  runs and counts as a miss. At a tick, a function whose queue exceeds one round of all its
+  instances projects each job's finish in queue order and sheds those that would miss, so the
+  capacity goes to jobs that can still make it (goodput).
+
+  NOTE: under contention the fastest path is the wrong test: an overloaded first stage served
+  earliest deadline first passes on jobs just before they become hopeless by it, with too little
+  time left for the later stages' real batches, and every one of them misses downstream (the
+  earliest-deadline-first domino: on 4 V100s at twice their capacity, hit fell to 0.29 once
+  preprocess became the bottleneck).
 
 Who calls it: `esg.EsgPolicy.schedule`. Reads the view; appends `Dispatch`/`Reject` actions.
 """
@@ -69,8 +77,14 @@ def _fastest_after(plans: dict[str, WorkflowPlan], job: Job) -> int:
     return plan.fastest_after_ns[job.stage.index] if plan is not None else 0
 
 
-def _hopeless(plans: dict[str, WorkflowPlan], job: Job, start_ns: int, run_ns: int) -> bool:
-    return start_ns + run_ns + _fastest_after(plans, job) > job.inv.deadline_ns
+def _planned_after(plans: dict[str, WorkflowPlan], job: Job) -> int:
+    plan = plans.get(job.inv.workflow.name)
+    return plan.planned_after_ns[job.stage.index] if plan is not None else 0
+
+
+def _hopeless(plans: dict[str, WorkflowPlan], job: Job, start_ns: int, run_ns: int, planned: bool) -> bool:
+    after = _planned_after(plans, job) if planned else _fastest_after(plans, job)
+    return start_ns + run_ns + after > job.inv.deadline_ns
 
 
 def dispatch(view: ClusterView, now_ns: int, fname: str, qs: list[AfwQueue], queued: int,
@@ -93,12 +107,10 @@ def dispatch(view: ClusterView, now_ns: int, fname: str, qs: list[AfwQueue], que
 
     def drop(j: Job, start_ns: int, run_ns: int) -> bool:
         """Reject `j` if it cannot meet its deadline and the rules say so (module docstring)."""
-        if not _hopeless(plans, j, start_ns, run_ns):
-            return False
-        if j.inv.workflow.spec.on_deadline_miss == "reject":
-            missed.append(j.id)
-        elif contended:
+        if contended and _hopeless(plans, j, start_ns, run_ns, planned=True):
             shed.append(j.id)
+        elif j.inv.workflow.spec.on_deadline_miss == "reject" and _hopeless(plans, j, start_ns, run_ns, planned=False):
+            missed.append(j.id)
         else:
             return False
         return True
@@ -176,7 +188,7 @@ def shed_backlog(view: ClusterView, now_ns: int, fname: str, qs: list[AfwQueue],
     admitted = 0
     shed: list[int] = []
     for j in ordered_jobs(qs, plans, now_ns):
-        finish = now_ns + first_ns + (admitted // per_round + 1) * round_ns + _fastest_after(plans, j)
+        finish = now_ns + first_ns + (admitted // per_round + 1) * round_ns + _planned_after(plans, j)
         if finish > j.inv.deadline_ns:
             shed.append(j.id)
         else:

@@ -72,7 +72,10 @@ class WorkflowPlan:
     """A workflow's plan at one observed load. `budget_weight[i]`: stage i's share of the time left to
     its deadline under the dominator split (its segment's remaining planned time over everything still
     ahead); `fastest_after_ns[i]`: the least time any job needs after stage i (fastest configurations,
-    transfers included): the test for an invocation that can no longer meet its deadline."""
+    transfers included): the test for an invocation that can no longer meet its deadline;
+    `planned_after_ns[i]`: the time the planned configurations take after stage i (a full planned
+    batch's run and its transfer per stage, no wait): what a job needs after it when the pools are
+    busy, the test for shedding under contention."""
 
     key: tuple
     choices: tuple[StageChoice, ...]
@@ -80,6 +83,7 @@ class WorkflowPlan:
     budget_weight: tuple[float, ...]
     fastest_ns: tuple[int, ...]
     fastest_after_ns: tuple[int, ...]
+    planned_after_ns: tuple[int, ...]
     feasible: bool
 
 
@@ -242,10 +246,17 @@ def plan_workflow(view: ClusterView, wf: WorkflowRt, fn_loads: dict[str, tuple[f
         weights.append(rest / (rest + later) if rest + later > 0 else 1.0)
     # the least time a job needs from a stage's start on: one batch of one at the fastest configuration
     fastest_ns = [fastest[i][2].latency_ns + transfer_ns[i] for i in range(n)]
-    after = [0] * n
+    run_ns = [ch.latency_ns + transfer_ns[i] for i, ch in enumerate(choices)]
+    return WorkflowPlan(key, choices, slo, tuple(weights), tuple(fastest_ns), _after(wf, fastest_ns),
+                        _after(wf, run_ns), res.choice is not None)
+
+
+def _after(wf: WorkflowRt, stage_ns: list[int]) -> tuple[int, ...]:
+    """Per stage, the longest path of `stage_ns` through the stages after it."""
+    after = [0] * len(wf.stages)
     for s in reversed(wf.stages):
-        after[s.index] = max((fastest_ns[c] + after[c] for c in s.succs), default=0)
-    return WorkflowPlan(key, choices, slo, tuple(weights), tuple(fastest_ns), tuple(after), res.choice is not None)
+        after[s.index] = max((stage_ns[c] + after[c] for c in s.succs), default=0)
+    return tuple(after)
 
 
 # a plan is searched again when the observed rate leaves [r0 / 2^(1/4), r0 x 2^(1/4)] (see `needs_replan`)
@@ -286,6 +297,7 @@ class PoolTarget:
     keep_rps: float
     wait_ns: int
     max_batch: int
+    rate_rps: float  # the arrival rate estimate itself, no headroom (what a saturated pipeline compares)
 
 
 def pool_targets(view: ClusterView, plans: dict[str, WorkflowPlan], loads: dict[str, tuple[float, float, float]],
@@ -333,5 +345,5 @@ def pool_targets(view: ClusterView, plans: dict[str, WorkflowPlan], loads: dict[
         half_ns = (wait_ns + ch.latency_ns) // 2
         top = max((b for b in fn.batch_sizes if b >= ch.batch
                    and fn.latency_ns(ch.gpu_type, b, ch.units, units_per_gpu) <= half_ns), default=ch.batch)
-        out[f] = PoolTarget(f, ch.gpu_type, ch.batch, ch.units, ch.latency_ns, need, mid, keep, wait_ns, top)
+        out[f] = PoolTarget(f, ch.gpu_type, ch.batch, ch.units, ch.latency_ns, need, mid, keep, wait_ns, top, rate)
     return out

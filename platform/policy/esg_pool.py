@@ -169,10 +169,13 @@ def reconcile(view: ClusterView, now_ns: int, targets: dict[str, PoolTarget], wa
             floor_rps = queued_n * NS_PER_S / wait_ns
             if floor_rps > have[f]:
                 k = max(k, math.ceil((floor_rps - have[f]) / per - 1e-9))
-        # NOTE: jobs shed for contention are demand the pool did not serve; shedding keeps the queue
-        # short, so it hides the backlog above: one more instance per sizing while it lasts and none
-        # is starting (on a saturated cluster there is no room and nothing changes)
-        if shed.get(f) and not any(i.state == _STARTING for i in live[f]):
+        # NOTE: jobs shed for contention are demand the pool did not serve, and shedding keeps the
+        # queue short, so it hides the backlog above. The need is taken at the lower end of the
+        # rate's interval so that noise in the estimate does not grow the pool; a shed is evidence
+        # that it is short, so while jobs are shed the pool grows to the need at the estimate itself
+        # (one instance per sizing, none starting; on a saturated cluster there is no room and
+        # nothing changes). Jobs shed while its instances cold-start are not: those count as capacity.
+        if shed.get(f) and have[f] < tg.mid_rps and not any(i.state == _STARTING for i in live[f]):
             k = max(k, 1)
         if k > 0:
             want[f] = k
@@ -221,17 +224,22 @@ def reconcile(view: ClusterView, now_ns: int, targets: dict[str, PoolTarget], wa
 
 def _rebalance(view: ClusterView, tg: PoolTarget, targets: dict[str, PoolTarget], have: dict[str, float],
                live: dict[str, list[Instance]], protect: set[int], stopped: set[int], room: Room, actions: list) -> None:
-    """The cluster has no room for `tg`'s function, which serves only `have / need` of its need: its
-    workflows' invocations pass through it at that fraction at most, so a function that shares a
-    workflow with it needs no more than that fraction of its own need either (pipeline-conscious
-    sizing under saturation). On one GPU, stop instances (busy ones finish their batch first) until
-    the planned share fits: instances of such functions that hold more than that fraction, and the
-    function's own instances of a smaller share (fragment fills, older configurations) when the
-    planned instance serves more than they do together. The GPU that loses the least throughput of
-    the function itself wins; the next sizing starts `tg` there."""
+    """The cluster has no room for `tg`'s function, which can pass only `have / rate` of its arrivals:
+    its workflows' invocations pass through it at that fraction at most (pipeline-conscious sizing
+    under saturation). On one GPU, stop instances (busy ones finish their batch first) until the
+    planned share fits: instances of functions sharing a workflow with it, and its own instances of a
+    smaller share (fragment fills, older configurations), when the planned instance serves more than
+    its own lost ones. The GPU that loses the least of the function's own throughput wins; the next
+    sizing starts `tg` there.
+
+    NOTE: a move must make the pipeline's narrowest point wider (max-min on the fraction of its rate
+    each function can pass, headroom left out): every function that gives up share keeps at least
+    the fraction the bottleneck will pass after the move. A weaker rule (keep the bottleneck's
+    fraction before the move) overshoots, the giver becomes the bottleneck and takes the share back,
+    and each such move costs a cold start of capacity; under an on-off overload that churn cost more
+    hit than the moves gained."""
     f = tg.function
-    frac = have[f] / tg.need_rps if tg.need_rps > 0 else 1.0
-    if frac >= 1.0:
+    if tg.rate_rps <= 0 or have[f] >= tg.rate_rps:
         return
     mates: set[str] = set()
     for wf in view.workflows.values():
@@ -242,7 +250,7 @@ def _rebalance(view: ClusterView, tg: PoolTarget, targets: dict[str, PoolTarget]
     gain = tg.batch * NS_PER_S / tg.latency_ns
     by_gpu: dict[int, list[Instance]] = {}
     for g in [f, *sorted(mates)]:
-        if g != f and g not in targets:
+        if g != f and (g not in targets or targets[g].rate_rps <= 0):
             continue
         for inst in live[g]:
             if inst.id in protect or inst.id in stopped or inst.state == _STARTING or inst.gpu.type_name != tg.gpu_type:
@@ -255,26 +263,30 @@ def _rebalance(view: ClusterView, tg: PoolTarget, targets: dict[str, PoolTarget]
     for gpu_id, cands in by_gpu.items():
         free = room.units[gpu_id]
         own_left = sum(1 for i in live[f] if i.state != _STARTING and i.id not in stopped)
-        left = dict(have)
         lost_own = 0.0
         chosen: list[Instance] = []
-        # the largest first: fewest stops for the room needed
-        for inst in sorted(cands, key=lambda i: (-i.share_units, i.id)):
+        # the function's own small instances first (no other stage loses anything), then the largest
+        for inst in sorted(cands, key=lambda i: (i.function.name != f, -i.share_units, i.id)):
             if free >= tg.units:
                 break
-            g = inst.function.name
-            cap = throughput_rps(inst, targets.get(g))
-            if g != f and left[g] - cap < targets[g].need_rps * frac:
-                continue
-            left[g] -= cap
-            if g == f:
-                lost_own += cap
+            if inst.function.name == f:
+                lost_own += throughput_rps(inst, tg)
                 own_left -= 1
             free += inst.share_units
             chosen.append(inst)
         # NOTE: the function's own instances are replaced only while others of it stay up: the
         # planned one cold-starts, and a pipeline stage with no instance stalls every workflow
         if free < tg.units or lost_own >= gain or (lost_own and not own_left):
+            continue
+        after = min(1.0, (have[f] - lost_own + gain) / tg.rate_rps)
+        left = dict(have)
+        ok = True
+        for inst in chosen:
+            g = inst.function.name
+            if g != f:
+                left[g] -= throughput_rps(inst, targets[g])
+                ok = ok and left[g] >= after * targets[g].rate_rps
+        if not ok:
             continue
         key = (lost_own, len(chosen), gpu_id)
         if best_key is None or key < best_key:
