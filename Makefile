@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test bench demo results lint clean
+.PHONY: install test test-fast package-check bench demo results lint clean
 
 install: $(STAMP)
 
@@ -19,7 +19,16 @@ $(STAMP): pyproject.toml
 
 test: install
 	$(BIN)/lint-imports
+	$(BIN)/ruff check --quiet platform gateway loadgen functions tests
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# unit and property tests, under a minute: no subprocess gateways, Docker, Ray or long simulations
+test-fast: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow and not live and not docker and not ray and not gpu" -x
+
+# the wheel, installed into a clean venv outside the checkout, runs sim, up, deploy and invoke
+package-check: install
+	deploy/package-check.sh
 
 bench: install
 	$(BIN)/gpufaas bench all

@@ -12,8 +12,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gpufaas.platform.shipped import clusters_dir
+
 BACKENDS = ("process", "inproc", "docker", "ray")
-DEFAULT_CLUSTER = Path(__file__).resolve().parents[1] / "loadgen" / "scenarios" / "clusters" / "a100x4.yaml"
+DEFAULT_CLUSTER = clusters_dir() / "a100x4.yaml"
 
 
 class GatewayConfig(BaseModel):

@@ -24,8 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-STACK = ROOT / "functions" / "stack.yaml"
+from gpufaas.platform.shipped import functions_dir, package_root
+
+ROOT = package_root()
+STACK = functions_dir() / "stack.yaml"
 WORKFLOWS = ("image-classify", "text-pipeline")
 
 

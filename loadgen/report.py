@@ -182,7 +182,7 @@ def results_block(agg: list[dict], checks: list[dict], meta: dict, plot_rel: str
              "brackets where the seeds differ. Allocated cost = instance lifetime x share x price; busy cost counts "
              "execution only. Decision p99 is the policy's time per controller pass (mean over seeds of each run's "
              "p99) on the machine that ran it, which shared its cores among the runs.")
-    lines = [f"## Results: {policy.upper()} against the baselines", "", textwrap.fill(intro, 104), ""]
+    lines = [f"### Measured: {policy.upper()} against the baselines", "", textwrap.fill(intro, 104), ""]
     for sc in meta["scenarios"]:
         warm = f", the first {sc['warmup_s']:g} s left out as warm-up" if sc.get("warmup_s") else ""
         lines += [f"### {sc['name']}: {sc['description']} ({sc['duration_s']:g} s of arrivals{warm})", "",

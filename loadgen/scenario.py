@@ -4,7 +4,8 @@ The one value that `gpufaas sim` runs and that the live path can be pointed at. 
 workflows may be written inline or named by path (a function bundle folder holding `function.yaml`,
 or a YAML file), relative to the scenario file, so scenarios reuse the bundles in `functions/`.
 A scenario may also name its own `profiles:` folder (searched before the shipped profiles, so it
-can run on GPU types that ship no profile) and a `warmup_s` whose figures the report leaves out.
+can run on GPU types that ship no profile), a `warmup_s` whose figures the report leaves out, and
+`params:` per policy (checked against each policy's `Params` on load).
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator
 
 from gpufaas.loadgen.workload import WorkloadSpec
 from gpufaas.platform.errors import SpecError, UserError
+from gpufaas.platform.policy.registry import builtin_registry
+from gpufaas.platform.shipped import scenarios_dir
 from gpufaas.platform.specs import ClusterSpec, FunctionSpec, Spec, WorkflowSpec, parse, read_yaml
 
 
@@ -37,7 +40,9 @@ class Scenario(Spec):
     functions: list[FunctionSpec] = Field(min_length=1, description="the functions")
     workflows: list[WorkflowSpec] = Field(min_length=1, description="the workflows")
     workload: WorkloadSpec = Field(description="the offered load")
-    policy_params: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-policy parameters, by policy name")
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict, validation_alias=AliasChoices("params", "policy_params"),
+                                              description="per-policy parameters, by policy name (each checked against "
+                                              "the policy's Params when the file is loaded); `policy_params` is the old name")
     profiles: str | None = Field(None, description="folder of profile YAML files (relative to the scenario file), searched "
                                  "before the shipped profiles; a profile there replaces a shipped one for the same model and GPU type")
 
@@ -105,6 +110,12 @@ def load_scenario(path: str | Path) -> Scenario:
                 raise SpecError(f"{path}: workload.traces[{j}].workflows: unknown workflow '{w}' (known: {', '.join(sorted(wnames))})")
     if sc.workload.traces:  # trace paths resolve against this file's folder; a missing file fails here
         sc = sc.model_copy(update={"workload": sc.workload.resolved(base, str(path))})
+    reg = builtin_registry()
+    for name, values in sc.params.items():  # every policy's parameters checked before any run
+        try:
+            reg.check(name, values)
+        except UserError as e:
+            raise SpecError(f"{path}: params: {e}") from None
     if sc.profiles is not None:  # resolved against this file's folder; a missing folder fails here
         d = (base / sc.profiles).resolve()
         if not d.is_dir():
@@ -114,16 +125,18 @@ def load_scenario(path: str | Path) -> Scenario:
     return sc
 
 
-SHIPPED_SCENARIOS = Path(__file__).resolve().parent / "scenarios"
+SHIPPED_SCENARIOS = scenarios_dir()
 
 
 def resolve_scenario(name_or_path: str, flag: str) -> Path:
     """A shipped scenario's name (`chain`) or a path to a scenario file; UserError naming `flag` and the
-    shipped names if neither exists. Who calls it: `gpufaas results`, `gpufaas bench scheduler`."""
+    shipped names if neither exists. Who calls it: `gpufaas sim`, `gpufaas results`, `gpufaas bench scheduler`."""
     p = Path(name_or_path)
-    if p.suffix not in (".yaml", ".yml"):
+    if not p.is_file() and p.suffix not in (".yaml", ".yml"):
         p = SHIPPED_SCENARIOS / f"{name_or_path}.yaml"
     if not p.is_file():
-        shipped = sorted(q.stem for q in SHIPPED_SCENARIOS.glob("*.yaml"))
-        raise UserError(f"{flag}: no scenario '{name_or_path}'; give a file path or one of {', '.join(shipped)}")
+        shipped = ", ".join(sorted(q.stem for q in SHIPPED_SCENARIOS.glob("*.yaml")))
+        if Path(name_or_path).suffix in (".yaml", ".yml") or "/" in name_or_path:
+            raise UserError(f"{flag}: {name_or_path}: file not found; check the path, or name a shipped scenario ({shipped})")
+        raise UserError(f"{flag}: no scenario '{name_or_path}'; give a file path or one of {shipped}")
     return p

@@ -27,7 +27,7 @@ def build_policy(scenario: Scenario, name: str, load: float = 1.0, **overrides: 
     """The named policy with the scenario's parameters for it; policies whose constructor takes
     `rates_rps` (offline-tuned ones) get the workload's mean rate per workflow at this load."""
     reg = builtin_registry()
-    params = dict(scenario.policy_params.get(name, {}))
+    params = dict(scenario.params.get(name, {}))
     params.update(overrides)
     policy = reg.make(name, **params)
     if hasattr(policy, "tune"):

@@ -29,9 +29,10 @@ from pydantic import Field, model_validator
 
 from gpufaas.platform.clock import NS_PER_S
 from gpufaas.platform.errors import SpecError
+from gpufaas.platform.shipped import package_root
 from gpufaas.platform.specs import Spec
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = package_root()
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _ID_COLUMNS = ("HashOwner", "HashApp", "HashFunction", "Trigger")
 _TIME_COLUMNS = {"t_s": 1.0, "time_s": 1.0, "timestamp_s": 1.0, "t_ms": 1e-3, "time_ms": 1e-3, "timestamp": None}

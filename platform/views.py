@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-from gpufaas.platform.runtime import AfwQueue, FunctionRt, Gpu, Instance, InstanceState, Job, WorkflowRt
+from gpufaas.platform.runtime import AfwQueue, FunctionRt, Gpu, Instance, Job, WorkflowRt
 from gpufaas.platform.specs import NetworkSpec
 
 

@@ -7,14 +7,13 @@ import math
 import pytest
 
 from gpufaas.platform.clock import NS_PER_MS, NS_PER_S
-from gpufaas.platform.decisions import Dispatch, Reject, Start
+from gpufaas.platform.decisions import Dispatch, Reject
 from gpufaas.platform.policy.baselines import (Config, configs_for, fills_in_time, function_budgets_ns, function_rates_rps,
                                                planning_types)
 from gpufaas.platform.policy.fastgshare import FastGSharePolicy
 from gpufaas.platform.policy.infless import InflessPolicy
 from gpufaas.platform.policy.registry import make_policy
 from gpufaas.platform.policy.static import StaticPolicy
-from gpufaas.platform.runtime import InstanceState
 from tests.helpers import chain, controller, function
 
 A100 = "A100-80GB"

@@ -20,6 +20,8 @@ from gpufaas.gateway.demo import free_port
 from gpufaas.platform.errors import UserError
 from tests.conftest import FUNCTIONS, ROOT
 
+pytestmark = pytest.mark.live  # starts processes (gateway, workers, HTTP servers): not in `make test-fast`
+
 GPUFAAS = str(Path(sys.executable).parent / "gpufaas")
 STACK = FUNCTIONS / "stack.yaml"
 

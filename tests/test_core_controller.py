@@ -7,6 +7,7 @@ import pytest
 from gpufaas.platform.clock import VirtualClock
 from gpufaas.platform.decisions import Decisions, Dispatch, Start
 from gpufaas.platform.policy.batch1_wholegpu import Batch1WholeGpu
+from gpufaas.platform.policy.params import PolicyParams
 from gpufaas.platform.policy.registry import Registry, builtin_registry
 from gpufaas.platform.runtime import InstanceState, InvocationStatus
 from gpufaas.platform.errors import UserError
@@ -17,8 +18,10 @@ class Scripted:
     """A test policy that returns prepared decisions, one list per call."""
 
     name = "scripted"
+    Params = PolicyParams  # nothing to set through the registry; tests hand it a script directly
 
     def __init__(self, script=None):
+        self.params = PolicyParams()
         self.script = list(script or [])
         self.calls = 0
 

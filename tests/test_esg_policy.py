@@ -21,13 +21,15 @@ from tests.helpers import chain, controller, function
 def test_registered_with_checked_parameters():
     assert make_policy("esg", epsilon=0.0).epsilon == 0.0
     assert make_policy("oracle").name == "oracle"
-    with pytest.raises(UserError, match="epsilon must be a finite number >= 0"):
+    with pytest.raises(UserError, match="policy 'esg': epsilon must be greater than or equal to 0"):
         make_policy("esg", epsilon=-1)
-    with pytest.raises(UserError, match="bad parameters"):
+    with pytest.raises(UserError, match="policy 'esg': epsilon must be a finite number"):
+        make_policy("esg", epsilon=float("inf"))
+    with pytest.raises(UserError, match="unknown parameter 'nope'"):
         make_policy("esg", nope=1)
-    with pytest.raises(UserError, match="host_gbps must be a finite number >= 0"):
+    with pytest.raises(UserError, match="host_gbps must be greater than or equal to 0"):
         make_policy("esg", host_gbps=-1)
-    with pytest.raises(UserError, match="target_hit must be a fraction"):
+    with pytest.raises(UserError, match="target_hit must be less than 1"):
         make_policy("esg", target_hit=1.0)
     assert make_policy("esg", host_gbps=0).host_gbps == 0.0 and make_policy("esg").host_gbps is None
 

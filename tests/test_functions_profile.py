@@ -11,6 +11,8 @@ import pytest
 from gpufaas.platform.profiles import Profiles
 from tests.conftest import FUNCTIONS, ROOT
 
+pytestmark = pytest.mark.live  # starts processes (gateway, workers, HTTP servers): not in `make test-fast`
+
 
 def gpufaas(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", "from gpufaas.gateway.cli import main; main()", *args],

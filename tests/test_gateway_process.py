@@ -13,7 +13,6 @@ from gpufaas.gateway.app import create_app
 from gpufaas.gateway.config import GatewayConfig
 from tests.conftest import FUNCTIONS
 
-pytest.importorskip("gpufaas.platform.backends.process")
 pytestmark = pytest.mark.slow
 
 

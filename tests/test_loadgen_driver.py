@@ -15,6 +15,8 @@ from gpufaas.loadgen.driver import Driver
 from gpufaas.loadgen.workload import StreamSpec, WorkloadSpec
 from gpufaas.platform.errors import UserError
 
+pytestmark = pytest.mark.live  # starts processes (gateway, workers, HTTP servers): not in `make test-fast`
+
 WORKFLOWS = ["wa", "wb"]
 
 

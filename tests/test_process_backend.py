@@ -21,6 +21,8 @@ from gpufaas.platform.runtime import InvocationStatus
 from gpufaas.platform.specs import FunctionSpec, WorkflowSpec
 from tests.helpers import cluster
 
+pytestmark = pytest.mark.live  # starts processes (gateway, workers, HTTP servers): not in `make test-fast`
+
 
 def setup(tmp_path: Path, *, latency_ms: float = 0.0, gpus: int = 2, keep_alive_s: float = 60.0, max_retries: int = 1,
           heartbeat_s: float = 0.5, hang_timeout_s: float = 30.0, bundle: Path | None = None) -> tuple[Controller, ProcessBackend]:

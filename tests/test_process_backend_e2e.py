@@ -18,6 +18,8 @@ from gpufaas.platform.specs import FunctionSpec, WorkflowSpec, load_yaml
 from tests.conftest import FUNCTIONS
 from tests.helpers import cluster
 
+pytestmark = pytest.mark.live  # starts processes (gateway, workers, HTTP servers): not in `make test-fast`
+
 VIDEO_FUNCTIONS = ["preprocess", "ssdlite", "resnet50", "mobilenet-v2", "vit-b16", "aggregator"]
 
 

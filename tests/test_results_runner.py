@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 from gpufaas.gateway.cli import main
 from gpufaas.loadgen import report
@@ -103,7 +102,7 @@ def test_tiny_real_run_writes_readme_plot_json(tiny: Path, tmp_path: Path, capsy
     cap = capsys.readouterr()
     assert "[2/2]" in cap.err and "targets for esg" in cap.out
     text = readme.read_text()
-    assert text.startswith(f"intro\n{R.BEGIN}\n## Results") and text.endswith(f"{R.END}\noutro\n")
+    assert text.startswith(f"intro\n{R.BEGIN}\n### Measured") and text.endswith(f"{R.END}\noutro\n")
     assert "stale" not in text and "| esg | 1 |" in text and "| static | 1 |" in text and "(docs/pareto.png)" in text
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     raw = json.loads(out.read_text())

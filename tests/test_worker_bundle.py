@@ -12,6 +12,8 @@ from gpufaas.platform import bundle
 from gpufaas.platform.bundle import BundleError, validate_bundle
 from tests.conftest import FUNCTIONS
 
+pytestmark = pytest.mark.live  # starts processes (gateway, workers, HTTP servers): not in `make test-fast`
+
 GOOD = '''
 import torch
 from torch import nn

@@ -19,7 +19,8 @@ def cli() -> None:
     """gpufaas: serverless DNN workflows on shared GPUs, live or simulated.
 
     \b
-    Simulate a scenario:   gpufaas sim --scenario loadgen/scenarios/video.yaml --policy esg,batch1-wholegpu
+    Simulate a scenario:   gpufaas sim --scenario video --policy esg,batch1-wholegpu
+    Policy parameters:     gpufaas policies
     Benchmarks:            gpufaas bench all
     """
 
@@ -30,6 +31,7 @@ def _register() -> None:
     from gpufaas.loadgen import results
 
     cli.add_command(sim.sim)
+    cli.add_command(sim.policies)
     cli.add_command(results.COMMAND)
     bench.register_all()
     cli.add_command(bench.bench)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import resource
 import sys
-from pathlib import Path
 
 import click
 
-SCENARIOS = Path(__file__).resolve().parents[2] / "loadgen" / "scenarios"
+from gpufaas.platform.shipped import scenarios_dir
+
+SCENARIOS = scenarios_dir()
 
 
 def emit(name: str, result: dict, as_json: bool) -> None:

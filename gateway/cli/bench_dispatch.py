@@ -19,8 +19,9 @@ from pathlib import Path
 import click
 
 from gpufaas.gateway.cli.bench import emit
+from gpufaas.platform.shipped import functions_dir
 
-FUNCTIONS = Path(__file__).resolve().parents[2] / "functions"
+FUNCTIONS = functions_dir()
 
 
 async def measure_process(num_warm: int = 300, execute: str = "emulated", function: str = "aggregator") -> dict:

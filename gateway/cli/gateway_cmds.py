@@ -69,9 +69,11 @@ _FLAGS = {"max_body_mb": "--max-body-mb", "invocation_timeout_s": "--timeout-s",
 @click.option("--cold-start-scale", type=float, default=1.0, show_default=True, help="inproc backend: scale profiled cold starts")
 @click.option("--profiles", "profiles_dirs", multiple=True, type=click.Path(exists=True, file_okay=False), metavar="DIR",
               help="folder of profile YAML files, searched before the shipped profiles (repeatable; the first wins)")
+@click.option("--set", "sets", multiple=True, metavar="POLICY.KEY=VALUE",
+              help="a parameter of the policy (repeatable), e.g. --set esg.target_hit=0.999; see `gpufaas policies`")
 @click.option("--access-log", is_flag=True, help="log every request")
 def up(host, port, cluster_file, policy, backend, execute, data_dir, max_body_mb, timeout_s, keep_alive_s, cold_start_scale,
-       profiles_dirs, access_log) -> None:
+       profiles_dirs, sets, access_log) -> None:
     """Run the gateway (with the platform embedded) until Ctrl-C / SIGTERM."""
     from pydantic import ValidationError
 
@@ -79,10 +81,28 @@ def up(host, port, cluster_file, policy, backend, execute, data_dir, max_body_mb
     from gpufaas.gateway.config import GatewayConfig
     from gpufaas.platform.specs import format_validation_error
 
+    from gpufaas.gateway.app import resolve_policy_name
+    from gpufaas.platform.policy.params import parse_set
+    from gpufaas.platform.policy.registry import builtin_registry
+
     if cluster_file is not None and not Path(cluster_file).is_file():
         raise UserError(f"--cluster: {cluster_file}: file not found; check the path")
+    reg = builtin_registry()
+    policy_name = resolve_policy_name(policy)
+    if policy_name not in reg and ":" not in policy_name:
+        raise UserError(f"--policy: unknown policy '{policy}'; registered policies: {', '.join(reg.names())}")
+    overrides = parse_set(sets)
+    for name in overrides:
+        if name != policy_name:
+            raise UserError(f"--set: policy '{name}' is not the gateway's (--policy {policy_name}); drop its --set")
+    params = overrides.get(policy_name, {})
     try:
-        cfg = GatewayConfig(host=host, port=port, cluster_file=cluster_file, policy=policy, backend=backend, execute=execute,
+        reg.check(policy_name, params)  # before anything starts: one line naming the key and its range
+    except UserError as e:
+        raise UserError(f"--set: {e}") from None
+    try:
+        cfg = GatewayConfig(host=host, port=port, cluster_file=cluster_file, policy=policy, policy_params=params,
+                            backend=backend, execute=execute,
                             data_dir=Path(data_dir), max_body_mb=max_body_mb, invocation_timeout_s=timeout_s,
                             keep_alive_s=keep_alive_s, cold_start_scale=cold_start_scale, access_log=access_log)
     except ValidationError as e:
@@ -91,13 +111,6 @@ def up(host, port, cluster_file, policy, backend, execute, data_dir, max_body_mb
             msg = msg.replace(f"gpufaas up: {field}:", f"gpufaas up: {flag}:")
         msg = msg.replace("--execute: execute: real needs backend process", "--execute real needs --backend process")
         raise UserError(msg) from None
-    if policy:
-        from gpufaas.gateway.app import resolve_policy_name
-        from gpufaas.platform.policy.registry import builtin_registry
-
-        reg = builtin_registry()
-        if resolve_policy_name(policy) not in reg and ":" not in policy:
-            raise UserError(f"--policy: unknown policy '{policy}'; registered policies: {', '.join(reg.names())}")
     dirs = tuple(Path(d) for d in profiles_dirs)
     if dirs:
         from gpufaas.platform.profiles import Profiles

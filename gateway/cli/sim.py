@@ -61,7 +61,8 @@ def print_table(results: list[dict], title: str) -> None:
 
 
 @click.command()
-@click.option("--scenario", "scenario_path", required=True, type=click.Path(dir_okay=False), help="scenario YAML file (see loadgen/scenarios/)")
+@click.option("--scenario", "scenario_path", required=True, metavar="NAME|FILE",
+              help="a shipped scenario (chain, video, mixed, scale128, azure-busiest, azure-hash) or a scenario YAML file")
 @click.option("--policy", "policy", default="esg", show_default=True, help="policy name(s), comma-separated, or 'package.module:Class'")
 @click.option("--seed", type=int, default=None, help="override the scenario's seed (same seed, same numbers)")
 @click.option("--sweep", "sweep", default=None, metavar="load=V1,V2,...",
@@ -73,9 +74,12 @@ def print_table(results: list[dict], title: str) -> None:
 @click.option("--profiles", "profiles_dirs", multiple=True, type=click.Path(exists=True, file_okay=False), metavar="DIR",
               help="folder of profile YAML files, searched before the scenario's `profiles:` folder and the shipped "
                    "profiles (repeatable; the first wins)")
+@click.option("--set", "sets", multiple=True, metavar="POLICY.KEY=VALUE",
+              help="a policy parameter, over the scenario's `params:` (repeatable), e.g. --set esg.epsilon=0.01; "
+                   "`gpufaas policies` lists every policy's parameters")
 @click.option("--json", "as_json", is_flag=True, help="print exactly one JSON object on stdout")
 def sim(scenario_path: str, policy: str, seed: int | None, sweep: str | None, plot_path: str | None,
-        csv_path: str | None, profiles_dirs: tuple[str, ...], as_json: bool) -> None:
+        csv_path: str | None, profiles_dirs: tuple[str, ...], sets: tuple[str, ...], as_json: bool) -> None:
     """Simulate SCENARIO under each POLICY (at each load of --sweep) and report SLO hit rate, cost and latency.
 
     \b
@@ -87,22 +91,35 @@ def sim(scenario_path: str, policy: str, seed: int | None, sweep: str | None, pl
     searched in --profiles folders, then the scenario's `profiles:` folder, then the shipped ones.
     """
     from gpufaas.loadgen import report
-    from gpufaas.loadgen.scenario import load_scenario
+    from gpufaas.loadgen.scenario import load_scenario, resolve_scenario
     from gpufaas.loadgen.simdriver import run_scenario, scenario_profiles
+    from gpufaas.platform.policy.params import parse_set
+    from gpufaas.platform.policy.registry import builtin_registry
 
     # NOTE: every flag is checked before the first run: a typo must not cost a sweep of minutes.
     names = parse_policies(policy)
     loads = parse_sweep(sweep)
+    overrides = parse_set(sets)
+    for name in overrides:
+        if name not in names:
+            raise UserError(f"--set: policy '{name}' is not in this run (--policy {policy}); add it to --policy or drop its --set")
     if plot_path is not None:
         report.check_writable(plot_path, "--plot")
     if csv_path is not None:
         report.check_writable(csv_path, "--csv")
-    sc = load_scenario(scenario_path)
+    sc = load_scenario(resolve_scenario(scenario_path, "--scenario"))
+    reg = builtin_registry()
+    for name in names:  # the scenario's params with --set on top, for every policy, before any run
+        try:
+            reg.check(name, {**sc.params.get(name, {}), **overrides.get(name, {})})
+        except UserError as e:
+            raise UserError(f"--set: {e}" if name in overrides else str(e)) from None
     profiles = scenario_profiles(sc, profiles_dirs)  # loaded once for the whole sweep
     results = []
     for load in loads:
         for name in names:
-            results.append(run_scenario(sc, name, seed=seed, load=load, profiles=profiles))
+            results.append(run_scenario(sc, name, seed=seed, load=load, profiles=profiles,
+                                        policy_params=overrides.get(name)))
     if csv_path is not None:
         report.write_csv(csv_path, sc.name, results)
     if plot_path is not None:
@@ -112,3 +129,40 @@ def sim(scenario_path: str, policy: str, seed: int | None, sweep: str | None, pl
         sys.stdout.write("\n")
     else:
         print_table(results, f"scenario {sc.name} (seed {seed if seed is not None else sc.seed}, {sc.duration_s:g} s)")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="print exactly one JSON object on stdout")
+def policies(as_json: bool) -> None:
+    """List the registered policies and their parameters (set them with --set POLICY.KEY=VALUE on
+    `sim` and `up`, or under `params:` in a scenario).
+
+    \b
+      gpufaas policies
+      gpufaas sim --scenario chain --policy esg --set esg.epsilon=0 --set esg.target_hit=0.999
+    """
+    from gpufaas.platform.policy.params import allowed
+    from gpufaas.platform.policy.registry import builtin_registry
+
+    reg = builtin_registry()
+    out = {}
+    for name in reg.names():
+        model = reg.policy_class(name).Params
+        out[name] = {k: {"default": f.default, "allowed": allowed(model, k), "description": f.description or ""}
+                     for k, f in model.model_fields.items()}
+    if as_json:
+        json.dump(out, sys.stdout, default=str)
+        sys.stdout.write("\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="policies and their parameters")
+    for col in ("policy", "parameter", "default", "allowed", "what it sets"):
+        t.add_column(col)
+    for name, fields in out.items():
+        if not fields:
+            t.add_row(name, "-", "", "", "no parameters")
+        for i, (k, f) in enumerate(fields.items()):
+            t.add_row(name if i == 0 else "", k, str(f["default"]), f["allowed"], f["description"])
+    Console(width=max(120, Console().width)).print(t)

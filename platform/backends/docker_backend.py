@@ -41,11 +41,12 @@ from gpufaas.platform import images, wire
 from gpufaas.platform.clock import perf_ns
 from gpufaas.platform.errors import UserError
 from gpufaas.platform.runtime import Batch, Instance
+from gpufaas.platform.shipped import functions_dir
 
 _HDR = struct.Struct(">II")  # header length, blob length (see images.RUNTIME_ENTRY)
 SOCKET_IN_CONTAINER = "/run/gpufaas/worker.sock"  # built-in entry: the worker listens here
 HOST_SOCKET_IN_CONTAINER = "/run/gpufaas/host.sock"  # platform worker: the host listens, the worker connects
-DEFAULT_BUNDLE_ROOT = Path(__file__).resolve().parents[2] / "functions"
+DEFAULT_BUNDLE_ROOT = functions_dir()
 
 
 class _Link:

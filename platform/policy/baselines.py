@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import math
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field
 
 from gpufaas.platform.decisions import Decisions, Dispatch, Reject, Start, Stop
+from gpufaas.platform.policy.params import PolicyParams, validate
 from gpufaas.platform.runtime import FunctionRt, Instance, InstanceState
 from gpufaas.platform.views import ClusterView
 
@@ -152,7 +154,8 @@ def instance_config(inst: Instance, cfgs: dict[tuple[int, int], Config]) -> Conf
 class PoolPolicy:
     """Base of the provisioned baselines. Subclasses implement `_scale()` (and may override `_setup()`).
 
-    Parameters (all frozen configuration, tunable per scenario through `policy_params`):
+    Parameters (`Params`, all frozen configuration, set per scenario under `params:` or with
+    `--set infless.tick_ms=250`):
     `tick_ms` scaling period; `slack` fraction of a stage budget the config search may use (the rest
     absorbs queueing and transfers); `target_utilisation` fraction of an instance's full-batch
     throughput the sizing counts on; `scale_down_delay_s` how long a surplus must last before idle
@@ -163,20 +166,27 @@ class PoolPolicy:
     name = "pool"
     batch_fill = True  # False: dispatch whatever is queued at once (no batch-fill wait)
 
-    def __init__(self, *, tick_ms: float = 500.0, slack: float = 0.8, target_utilisation: float = 0.8,
-                 scale_down_delay_s: float = 15.0, rate_alpha: float = 0.5, split: str = "latency",
-                 drop_late: bool = True) -> None:
-        if split not in ("latency", "even"):
-            raise ValueError(f"split must be 'latency' or 'even', not {split!r}")
-        if not 0 < slack <= 1 or not 0 < target_utilisation <= 1 or not 0 < rate_alpha <= 1:
-            raise ValueError("slack, target_utilisation and rate_alpha must be in (0, 1]")
-        self.tick_ns = int(tick_ms * NS_PER_MS)
-        self.slack = slack
-        self.target_utilisation = target_utilisation
-        self.scale_down_delay_ns = int(scale_down_delay_s * NS_PER_S)
-        self.rate_alpha = rate_alpha
-        self.split = split
-        self.drop_late = drop_late
+    class Params(PolicyParams):
+        """The pool baselines' parameters (see the class docstring)."""
+
+        tick_ms: float = Field(500.0, gt=0, allow_inf_nan=False, description="scaling period")
+        slack: float = Field(0.8, gt=0, le=1, description="fraction of a stage budget the config search may use")
+        target_utilisation: float = Field(0.8, gt=0, le=1, description="fraction of full-batch throughput counted on")
+        scale_down_delay_s: float = Field(15.0, ge=0, allow_inf_nan=False, description="surplus time before idle instances stop")
+        rate_alpha: float = Field(0.5, gt=0, le=1, description="EWMA weight of the newest tick's rate")
+        split: Literal["latency", "even"] = Field("latency", description="SLO split across stages")
+        drop_late: bool = Field(True, description="reject queued jobs already past their deadline")
+
+    def __init__(self, **params: Any) -> None:
+        p = validate(self.name, type(self).Params, params)
+        self.params = p
+        self.tick_ns = int(p.tick_ms * NS_PER_MS)
+        self.slack = p.slack
+        self.target_utilisation = p.target_utilisation
+        self.scale_down_delay_ns = int(p.scale_down_delay_s * NS_PER_S)
+        self.rate_alpha = p.rate_alpha
+        self.split = p.split
+        self.drop_late = p.drop_late
 
     # -- hooks
 

@@ -28,6 +28,7 @@ from types import MappingProxyType
 from typing import Any, Mapping, NamedTuple
 
 from gpufaas.platform.decisions import Decisions, Dispatch, Start, Stop
+from gpufaas.platform.policy.params import PolicyParams, validate
 from gpufaas.platform.runtime import FunctionRt, Instance, InstanceState
 from gpufaas.platform.views import ClusterView
 
@@ -73,6 +74,10 @@ class Batch1WholeGpu:
     """Classic serverless: batch 1, the largest share per instance, MRU dispatch, Knative-style scale-out."""
 
     name = "batch1-wholegpu"
+    Params = PolicyParams  # no parameters: the classic platform's defaults (module docstring)
+
+    def __init__(self, **params: Any) -> None:
+        self.params = validate(self.name, self.Params, params)
 
     def initial_state(self, view: ClusterView) -> Any:
         return Batch1State({}, 0, ())

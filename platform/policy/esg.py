@@ -31,16 +31,18 @@ memory is the `state` dict it returns (see `initial_state`).
 
 from __future__ import annotations
 
-import math
+from typing import Any
+
+from pydantic import Field
 
 from gpufaas.platform.decisions import Decisions
-from gpufaas.platform.errors import UserError
 from gpufaas.platform.policy import search as S
 from gpufaas.platform.policy.esg_dispatch import by_function, dispatch, shed_backlog
 from gpufaas.platform.policy.esg_plan import (WorkflowPlan, function_loads, needs_replan, plan_workflow, pool_targets,
                                               transfer_estimates_ns)
 from gpufaas.platform.policy.esg_pool import Room, reconcile
 from gpufaas.platform.policy.esg_rates import Load, entry_arrivals, observe, rate_variance, upper_rate_rps
+from gpufaas.platform.policy.params import PolicyParams, validate
 from gpufaas.platform.runtime import WorkflowRt
 from gpufaas.platform.views import ClusterView
 
@@ -71,7 +73,7 @@ class _WfInfo:
 
 
 class EsgPolicy:
-    """ESG. Parameters (keyword, frozen after construction):
+    """ESG. Parameters (`Params`; keyword, frozen after construction):
 
     - `epsilon`: the A*-search stops when its best plan is within (1 + epsilon) of the optimum (0: exact);
     - `target_hit`: the share of invocations the pools are sized to serve in time (sets the burst
@@ -82,16 +84,19 @@ class EsgPolicy:
 
     name = "esg"
 
-    def __init__(self, epsilon: float = 0.05, target_hit: float = 0.99, host_gbps: float | None = None) -> None:
-        if not (epsilon >= 0 and math.isfinite(epsilon)):
-            raise UserError(f"policy esg: epsilon must be a finite number >= 0 (0 = exact), got {epsilon}")
-        if not 0.5 <= target_hit < 1:
-            raise UserError(f"policy esg: target_hit must be a fraction in [0.5, 1), got {target_hit}")
-        if host_gbps is not None and not (host_gbps >= 0 and math.isfinite(host_gbps)):
-            raise UserError(f"policy esg: host_gbps must be a finite number >= 0 (0 = no transfer estimate), got {host_gbps}")
-        self.epsilon = float(epsilon)
-        self.target_hit = float(target_hit)
-        self.host_gbps = None if host_gbps is None else float(host_gbps)
+    class Params(PolicyParams):
+        """ESG's parameters (see the class docstring)."""
+
+        epsilon: float = Field(0.05, ge=0, allow_inf_nan=False, description="A* stops within (1 + epsilon) of the optimum")
+        target_hit: float = Field(0.99, ge=0.5, lt=1, description="share of invocations the pools are sized to serve in time")
+        host_gbps: float | None = Field(None, ge=0, allow_inf_nan=False, description="inter-stage bandwidth for planning")
+
+    def __init__(self, **params: Any) -> None:
+        p = validate(self.name, EsgPolicy.Params, params)
+        self.params: PolicyParams = p
+        self.epsilon = p.epsilon
+        self.target_hit = p.target_hit
+        self.host_gbps = p.host_gbps
 
     # NOTE: esg and oracle differ only here: the same tables, budgets and placement, another search.
     def search(self, problem: list[S.StageTable], budget_ns: int) -> S.Result:

@@ -23,7 +23,7 @@ What this project simplified or chose:
 
 Tuned: `slack` 0.8 (the config's latency may use 80% of the stage budget, the rest absorbs queueing)
 and `target_utilisation` 0.8 (instances are added at 80% of profiled full-batch throughput), the same
-defaults as `infless`; settable per scenario under `policy_params: {fastgshare: {...}}`.
+defaults as `infless`; settable per scenario under `params: {fastgshare: {...}}` or with `--set fastgshare.KEY=VALUE`.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ Tuned: defaults `slack` 0.8 (budget fraction for fill + execution), `target_util
 weighted split, 15 s scale-down delay. On the shipped scenarios at load 1, `target_utilisation=0.6` and
 `split=even` each stayed within 0.01 of the defaults' SLO hit rate at up to 1.5x the allocated cost, so
 the defaults stay (a small check, not an exhaustive sweep; any of them can be set per scenario under
-`policy_params: {infless: {...}}`). Also ours, for all pool baselines: on a workflow's first invocation
+`params: {infless: {...}}`, `--set infless.KEY=VALUE`). Also ours, for all pool baselines: on a workflow's first invocation
 every function of it is pre-warmed, and queued jobs already past their deadline are rejected.
 """
 

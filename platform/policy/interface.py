@@ -14,17 +14,20 @@ wall clock (checked by import-linter, see .importlinter).
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from gpufaas.platform.decisions import Decisions
+from gpufaas.platform.policy.params import PolicyParams
 from gpufaas.platform.views import ClusterView
 
 
 @runtime_checkable
 class Policy(Protocol):
-    """A scheduling policy. Instances hold configuration only (frozen parameters), never run-time state."""
+    """A scheduling policy. Instances hold configuration only (frozen parameters, `params`, an instance
+    of the class's `Params`), never run-time state."""
 
     name: str
+    params: PolicyParams
 
     def initial_state(self, view: ClusterView) -> Any:
         """State before the first call (called once, when the controller starts)."""
@@ -32,4 +35,14 @@ class Policy(Protocol):
 
     def schedule(self, view: ClusterView, now_ns: int, state: Any) -> tuple[Decisions, Any]:
         """Decide what to run now. Pure: read the view, return decisions and the next state."""
+        ...
+
+
+class PolicyClass(Protocol):
+    """What the registry holds: a policy class that declares its parameters (`Params`: a pydantic
+    `PolicyParams`, validated before the class is called) and builds a `Policy` from them."""
+
+    Params: ClassVar[type[PolicyParams]]
+
+    def __call__(self, **params: Any) -> Policy:
         ...

@@ -9,8 +9,13 @@ Who calls it: the controller (as a policy), tests, benchmarks. Changes nothing i
 
 from __future__ import annotations
 
+from typing import Any
+
+from pydantic import Field
+
 from gpufaas.platform.policy import search as S
 from gpufaas.platform.policy.esg import EsgPolicy
+from gpufaas.platform.policy.params import PolicyParams, validate
 
 
 class OraclePolicy(EsgPolicy):
@@ -18,8 +23,15 @@ class OraclePolicy(EsgPolicy):
 
     name = "oracle"
 
-    def __init__(self, target_hit: float = 0.99) -> None:
-        super().__init__(epsilon=0.0, target_hit=target_hit)
+    class Params(PolicyParams):
+        """ESG's, less epsilon (always 0 here)."""
+
+        target_hit: float = Field(0.99, ge=0.5, lt=1, description="share of invocations the pools are sized to serve in time")
+
+    def __init__(self, **params: Any) -> None:
+        p = validate(self.name, OraclePolicy.Params, params)
+        super().__init__(epsilon=0.0, target_hit=p.target_hit)
+        self.params = p
 
     def search(self, problem: list[S.StageTable], budget_ns: int) -> S.Result:
         """The exact optimum (exhaustive Pareto enumeration)."""

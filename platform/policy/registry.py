@@ -8,17 +8,18 @@ imported (the set of policies never depends on import order).
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from typing import Any
 
 from gpufaas.platform.errors import UserError
 from gpufaas.platform.policy import names
-from gpufaas.platform.policy.interface import Policy
+from gpufaas.platform.policy.interface import Policy, PolicyClass
+from gpufaas.platform.policy.params import PolicyParams, describe, validate
 
-PolicyFactory = Callable[..., Policy]
+PolicyFactory = PolicyClass
 
 
 class Registry:
-    """Name -> policy factory. `register` raises on a duplicate name."""
+    """Name -> policy class. `register` raises on a duplicate name."""
 
     def __init__(self) -> None:
         self._factories: dict[str, PolicyFactory] = {}
@@ -39,21 +40,41 @@ class Registry:
     def __contains__(self, name: str) -> bool:
         return name in self._factories
 
-    def make(self, name: str, **params: Any) -> Policy:
-        """Build a policy by registered name or 'package.module:Class'. UserError lists the known names."""
+    def policy_class(self, name: str) -> PolicyFactory:
+        """The class registered as `name`, or imported from 'package.module:Class'. UserError lists the
+        known names; an imported class must declare its parameters (`Params`, a `PolicyParams`)."""
         factory = self._factories.get(name)
-        if factory is None and ":" in name:
-            mod, _, attr = name.partition(":")
-            try:
-                factory = getattr(importlib.import_module(mod), attr)
-            except (ImportError, AttributeError) as e:
-                raise UserError(f"policy '{name}': cannot import it ({e}); give 'package.module:Class'") from None
-        if factory is None:
+        if factory is not None:
+            return factory
+        if ":" not in name:
             raise UserError(f"unknown policy '{name}'; registered policies: {', '.join(self.names())} (or 'package.module:Class')")
+        mod, _, attr = name.partition(":")
         try:
-            return factory(**params)
-        except TypeError as e:
-            raise UserError(f"policy '{name}': bad parameters {params}: {e}") from None
+            cls = getattr(importlib.import_module(mod), attr)
+        except (ImportError, AttributeError) as e:
+            raise UserError(f"policy '{name}': cannot import it ({e}); give 'package.module:Class'") from None
+        declared = cls.__dict__.get("Params") if isinstance(cls, type) else None
+        for base in (cls.__mro__ if isinstance(cls, type) else ()):
+            declared = declared or base.__dict__.get("Params")
+        if not (isinstance(declared, type) and issubclass(declared, PolicyParams)):
+            raise UserError(f"policy '{name}': declares no parameters; give the class a `Params` "
+                            "(a subclass of gpufaas.platform.policy.params.PolicyParams, empty if it takes none)")
+        return cls
+
+    def check(self, name: str, params: dict[str, Any]) -> PolicyParams:
+        """`params` validated for policy `name` without building it (a run checks every policy's
+        parameters before its first simulation). UserError, one line, naming policy, key and rule."""
+        return validate(name, self.policy_class(name).Params, params)
+
+    def describe(self, name: str) -> str:
+        """The parameters of policy `name` with their allowed ranges."""
+        return describe(self.policy_class(name).Params)
+
+    def make(self, name: str, **params: Any) -> Policy:
+        """Build a policy by registered name or 'package.module:Class' (parameters validated)."""
+        cls = self.policy_class(name)
+        self.check(name, params)
+        return cls(**params)
 
 
 def builtin_registry() -> Registry:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from pydantic import Field, PositiveFloat
+
 from gpufaas.platform.errors import UserError
 from gpufaas.platform.policy.baselines import (Config, PoolPolicy, PoolState, fills_in_time, fixed_pool,
                                                function_rates_rps)
@@ -35,9 +37,17 @@ class StaticPolicy(PoolPolicy):
 
     name = "static"
 
-    def __init__(self, *, rates_rps: dict[str, float] | None = None, **kw: Any) -> None:
-        super().__init__(**kw)
-        self.rates_rps = dict(rates_rps) if rates_rps else None
+    class Params(PoolPolicy.Params):
+        """The pool parameters, and the offered mean rate per workflow the plan is made for (set by
+        `tune` when run through `gpufaas sim`)."""
+
+        rates_rps: dict[str, PositiveFloat] | None = Field(None, description="mean rate per workflow, rps")
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        assert isinstance(self.params, StaticPolicy.Params)  # PoolPolicy validated against type(self).Params
+        rates = self.params.rates_rps
+        self.rates_rps = dict(rates) if rates else None
 
     def tune(self, *, scenario: Any = None, rates_rps: dict[str, float]) -> None:
         """Record the mean offered rate per workflow the plan is made for (called once, before the run)."""
@@ -59,7 +69,7 @@ class StaticPolicy(PoolPolicy):
     def _setup(self, view: ClusterView, st: PoolState) -> dict[str, tuple[Config, int]]:
         if self.rates_rps is None:
             raise UserError("policy 'static': no offered rates; it is planned offline, run it through "
-                            "`gpufaas sim` or give policy_params static: {rates_rps: {workflow: rps}}")
+                            "`gpufaas sim` or set params: static: {rates_rps: {workflow: rps}}")
         rates = function_rates_rps(view, self.rates_rps)
         plan = {}
         for fname in view.functions:
