@@ -22,7 +22,7 @@ import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import click
 
@@ -47,12 +47,16 @@ TARGET_NAMES = {"i": "SLO hit", "ii": "cost", "iii": "alloc/busy", "iv": "decisi
 
 @dataclass(frozen=True)
 class Cell:
-    """One simulation of the grid: a scenario file under a policy at a load and a seed."""
+    """One simulation of the grid: a scenario file under a policy at a load and a seed (None: the
+    scenario's), with parameters over the scenario's `params:` for that policy and extra profile
+    folders (`gpufaas sim --set` and `--profiles`)."""
 
     scenario_path: str
     policy: str
     load: float
-    seed: int
+    seed: int | None
+    params: tuple[tuple[str, Any], ...] = ()
+    profiles: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------- running
@@ -68,12 +72,21 @@ def _scenario(path: str, duration_s: float | None):
     return sc
 
 
+@functools.lru_cache(maxsize=16)
+def _profiles(path: str, duration_s: float | None, dirs: tuple[str, ...]):
+    from gpufaas.loadgen.simdriver import scenario_profiles
+
+    return scenario_profiles(_scenario(path, duration_s), dirs)
+
+
 def run_cell(cell: Cell, duration_s: float | None = None) -> dict:
-    """One `run_scenario` report with the scenario's name added. Runs in a pool worker (or inline)."""
+    """One `run_scenario` report with the scenario's name added. Runs in a pool worker (or inline);
+    profiles are loaded once per worker and scenario."""
     from gpufaas.loadgen.simdriver import run_scenario
 
     sc = _scenario(cell.scenario_path, duration_s)
-    r = run_scenario(sc, cell.policy, seed=cell.seed, load=cell.load)
+    r = run_scenario(sc, cell.policy, seed=cell.seed, load=cell.load, policy_params=dict(cell.params) or None,
+                     profiles=_profiles(cell.scenario_path, duration_s, cell.profiles))
     return {"scenario": sc.name, **r}
 
 
@@ -280,7 +293,7 @@ def COMMAND(scenarios: str, policies: str, loads: str, seeds: str, jobs: int | N
     """Run scenarios x policies x loads x seeds; write the README results, a Pareto plot and JSON; check targets.
 
     \b
-    Everything the README shows (about 20 minutes on 2 cores):
+    Everything the README shows (about 30 minutes on 2 cores):
       gpufaas results
     A quick look:
       gpufaas results --scenarios chain --loads 1 --seeds 1 --duration 20 --no-readme --plot /tmp/p.png
@@ -329,7 +342,9 @@ def COMMAND(scenarios: str, policies: str, loads: str, seeds: str, jobs: int | N
     if readme_text is not None:
         plot_rel = os.path.relpath(Path(plot_path).resolve(), Path(readme).resolve().parent)
         block = report.results_block(list(agg.values()), checks, meta, plot_rel, TARGET_POLICY)
-        Path(readme).write_text(replace_block(readme_text, block))
+        # NOTE: read again now: the run takes minutes, and the README may have been edited meanwhile
+        # (a copy read at the start would silently undo those edits)
+        Path(readme).write_text(replace_block(Path(readme).read_text(), block))
     if json_out:
         with open(json_out, "w") as f:
             json.dump({**meta, "results": results, "targets": checks}, f, indent=1)

@@ -108,3 +108,16 @@ def test_console_script_exit_code(tiny):
     p = subprocess.run([exe, "sim", "--scenario", str(tiny), "--sweep", "load=-3"], capture_output=True, text=True)
     assert p.returncode == 2
     assert "--sweep" in p.stderr
+
+
+def test_jobs_run_the_cells_in_processes_with_the_same_numbers(tiny, capsys):
+    """-j 2 runs the (policy, load) cells in a process pool; everything but the wall-clock fields is
+    what -j 1 gives, in the same order."""
+    runs = {}
+    for j in ("1", "2"):
+        code, out, err = _run(["sim", "--scenario", str(tiny), "--policy", "esg,static", "--sweep", "load=0.5,2",
+                               "--set", "esg.epsilon=0", "-j", j, "--json"], capsys)
+        assert code == 0, err
+        runs[j] = [{k: v for k, v in r.items() if k not in ("sim_wall_s", "decision_us")} for r in json.loads(out)["results"]]
+    assert [(r["policy"], r["load"]) for r in runs["2"]] == [("esg", 0.5), ("static", 0.5), ("esg", 2.0), ("static", 2.0)]
+    assert runs["1"] == runs["2"]

@@ -44,6 +44,19 @@ def parse_sweep(value: str | None) -> list[float]:
     return loads
 
 
+def progress_printer(total: int):
+    """An `on_done` for `run_grid` that prints one line per finished cell on stderr when it is a
+    terminal and the sweep has more than one cell (quiet otherwise: pipes and scripts get the report only)."""
+    if total <= 1 or not sys.stderr.isatty():
+        return None
+
+    def on_done(done: int, _total: int, cell, r: dict) -> None:
+        click.echo(f"[{done}/{total}] {cell.policy} load {cell.load:g}: hit {r['slo_hit_rate']:.3f}, "
+                   f"{r['sim_wall_s']:.1f} s", err=True)
+
+    return on_done
+
+
 def print_table(results: list[dict], title: str) -> None:
     """A readable table of per-policy results (rich)."""
     from rich.console import Console
@@ -77,22 +90,26 @@ def print_table(results: list[dict], title: str) -> None:
 @click.option("--set", "sets", multiple=True, metavar="POLICY.KEY=VALUE",
               help="a policy parameter, over the scenario's `params:` (repeatable), e.g. --set esg.epsilon=0.01; "
                    "`gpufaas policies` lists every policy's parameters")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="run the (policy, load) cells in this many processes; the same numbers as -j 1 (only the "
+                   "wall-clock fields move)")
 @click.option("--json", "as_json", is_flag=True, help="print exactly one JSON object on stdout")
 def sim(scenario_path: str, policy: str, seed: int | None, sweep: str | None, plot_path: str | None,
-        csv_path: str | None, profiles_dirs: tuple[str, ...], sets: tuple[str, ...], as_json: bool) -> None:
+        csv_path: str | None, profiles_dirs: tuple[str, ...], sets: tuple[str, ...], jobs: int, as_json: bool) -> None:
     """Simulate SCENARIO under each POLICY (at each load of --sweep) and report SLO hit rate, cost and latency.
 
     \b
     Compare ESG with the baselines on a scenario, with a plot and a CSV:
-      gpufaas sim --scenario loadgen/scenarios/video.yaml --policy esg,infless,fastgshare,static,batch1-wholegpu \\
-                  --sweep load=0.5,1,2,4 --plot video.png --csv video.csv
+      gpufaas sim --scenario video --policy esg,infless,fastgshare,static,batch1-wholegpu \\
+                  --sweep load=0.5,1,2,4 --plot video.png --csv video.csv -j 2
 
     The report leaves out the scenario's warm-up (warmup_s, default 10% of duration_s). Profiles are
     searched in --profiles folders, then the scenario's `profiles:` folder, then the shipped ones.
     """
     from gpufaas.loadgen import report
+    from gpufaas.loadgen.results import Cell, run_grid
     from gpufaas.loadgen.scenario import load_scenario, resolve_scenario
-    from gpufaas.loadgen.simdriver import run_scenario, scenario_profiles
+    from gpufaas.loadgen.simdriver import scenario_profiles
     from gpufaas.platform.policy.params import parse_set
     from gpufaas.platform.policy.registry import builtin_registry
 
@@ -107,19 +124,18 @@ def sim(scenario_path: str, policy: str, seed: int | None, sweep: str | None, pl
         report.check_writable(plot_path, "--plot")
     if csv_path is not None:
         report.check_writable(csv_path, "--csv")
-    sc = load_scenario(resolve_scenario(scenario_path, "--scenario"))
+    path = resolve_scenario(scenario_path, "--scenario")
+    sc = load_scenario(path)
     reg = builtin_registry()
     for name in names:  # the scenario's params with --set on top, for every policy, before any run
         try:
             reg.check(name, {**sc.params.get(name, {}), **overrides.get(name, {})})
         except UserError as e:
             raise UserError(f"--set: {e}" if name in overrides else str(e)) from None
-    profiles = scenario_profiles(sc, profiles_dirs)  # loaded once for the whole sweep
-    results = []
-    for load in loads:
-        for name in names:
-            results.append(run_scenario(sc, name, seed=seed, load=load, profiles=profiles,
-                                        policy_params=overrides.get(name)))
+    scenario_profiles(sc, profiles_dirs)  # a profile file that does not validate fails here, before any run
+    cells = [Cell(str(path), name, load, seed, tuple(sorted(overrides.get(name, {}).items())), profiles_dirs)
+             for load in loads for name in names]
+    results = run_grid(cells, jobs, on_done=None if as_json else progress_printer(len(cells)))
     if csv_path is not None:
         report.write_csv(csv_path, sc.name, results)
     if plot_path is not None:
