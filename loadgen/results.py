@@ -314,6 +314,9 @@ def COMMAND(scenarios: str, policies: str, loads: str, seeds: str, jobs: int | N
         raise UserError(f"-j: must be >= 1, got {jobs}")
     if duration_s is not None and not duration_s > 0:
         raise UserError(f"--duration: must be > 0 seconds, got {duration_s}")
+    for p in paths:  # every scenario loads (and every load can be replayed) before the first run
+        for ld in load_list:
+            _scenario(p, duration_s).workload.check_load(ld, "--loads")
     readme_text = None
     if not no_readme:
         try:

@@ -89,3 +89,19 @@ def test_every_shipped_scenario_loads():
             continue  # they replay the Azure sample, which lives beside the repository, never in it
         sc = load_scenario(SCENARIOS / n)
         assert sc.workload.streams or sc.workload.traces  # azure-*.yaml replay traces only
+
+
+def test_up_takes_its_defaults_from_gateway_config():
+    """One source: every `gpufaas up` option that sets a GatewayConfig field defaults to that field's default."""
+    from gpufaas.gateway.cli.gateway_cmds import up
+    from gpufaas.gateway.config import GatewayConfig
+
+    field_of = {"timeout_s": "invocation_timeout_s"}
+    checked = 0
+    for p in up.params:
+        field = field_of.get(p.name, p.name)
+        if field in GatewayConfig.model_fields and isinstance(p.default, (str, int, float)):
+            want = GatewayConfig.model_fields[field].default
+            assert type(want)(p.default) == want, (p.name, p.default, want)
+            checked += 1
+    assert checked >= 8

@@ -121,3 +121,26 @@ def test_jobs_run_the_cells_in_processes_with_the_same_numbers(tiny, capsys):
         runs[j] = [{k: v for k, v in r.items() if k not in ("sim_wall_s", "decision_us")} for r in json.loads(out)["results"]]
     assert [(r["policy"], r["load"]) for r in runs["2"]] == [("esg", 0.5), ("static", 0.5), ("esg", 2.0), ("static", 2.0)]
     assert runs["1"] == runs["2"]
+
+
+def test_a_sweep_a_timestamps_trace_cannot_replay_is_refused_before_the_first_run(tmp_path, capsys):
+    """A timestamps trace can only be thinned: --sweep load=0.5,2 is refused with exit 2 before any run,
+    and no CSV is written half-way."""
+    import yaml
+
+    data = yaml.safe_load((SCENARIOS / "chain.yaml").read_text())
+    data.update(name="ts", duration_s=2)
+    for key in ("functions", "workflows"):
+        data[key] = [str((SCENARIOS / p).resolve()) for p in data[key]]
+    data["cluster"] = str((SCENARIOS / data["cluster"]).resolve())
+    (tmp_path / "ts.csv").write_text("t_ms\n" + "".join(f"{i * 50}\n" for i in range(40)))
+    trace = {"format": "timestamps", "path": str(tmp_path / "ts.csv"), "workflows": ["image-classify"]}
+    data["workload"] = {"traces": [trace]}
+    p = tmp_path / "ts.yaml"
+    p.write_text(yaml.safe_dump(data))
+    out_csv = tmp_path / "o.csv"
+    code, out, err = _run(["sim", "--scenario", str(p), "--policy", "static", "--sweep", "load=0.5,2", "--csv", str(out_csv)], capsys)
+    assert code == 2 and out == "" and not out_csv.exists()
+    assert "--sweep: load 2 is above what the timestamps trace" in err and "use loads <= 1" in err
+    code, out, err = _run(["sim", "--scenario", str(p), "--policy", "static", "--sweep", "load=0.5", "--json"], capsys)
+    assert code == 0, err

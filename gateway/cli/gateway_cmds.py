@@ -14,9 +14,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
+from gpufaas.gateway.config import BACKENDS, GatewayConfig
 from gpufaas.platform.errors import UserError
 
 gateway_opt = click.option("--gateway", "gateway", default=None, metavar="URL",
@@ -51,22 +53,27 @@ _FLAGS = {"max_body_mb": "--max-body-mb", "invocation_timeout_s": "--timeout-s",
           "cold_start_scale": "--cold-start-scale", "port": "--port", "host": "--host", "(top level)": "--execute"}
 
 
+def _D(field: str) -> Any:
+    """`GatewayConfig`'s default for `field`: the one source of `up`'s defaults."""
+    return GatewayConfig.model_fields[field].default
+
+
 @click.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
-@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="TCP port")
+@click.option("--host", default=_D("host"), show_default=True, help="address to listen on")
+@click.option("--port", type=click.IntRange(0, 65535), default=_D("port"), show_default=True, help="TCP port")
 @click.option("--cluster", "cluster_file", type=click.Path(dir_okay=False), default=None,
               help="cluster YAML [default: one node with four A100-80GB]")
 @click.option("--policy", default=None, help="scheduling policy [default: esg if registered, else batch1-wholegpu]")
-@click.option("--backend", type=click.Choice(["process", "inproc", "docker", "ray"]), default="process", show_default=True,
+@click.option("--backend", type=click.Choice(list(BACKENDS)), default=_D("backend"), show_default=True,
               help="where instances run")
-@click.option("--execute", type=click.Choice(["emulated", "real"]), default="emulated", show_default=True,
+@click.option("--execute", type=click.Choice(["emulated", "real"]), default=_D("execute"), show_default=True,
               help="emulated: hold each batch for its profiled GPU latency; real: run the handler")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=".gpufaas", show_default=True,
+@click.option("--data-dir", type=click.Path(file_okay=False), default=str(_D("data_dir")), show_default=True,
               help="folder of the SQLite store and uploaded bundles")
-@click.option("--max-body-mb", type=float, default=16.0, show_default=True, help="largest request body (413 above)")
-@click.option("--timeout-s", "timeout_s", type=float, default=30.0, show_default=True, help="per-invocation timeout")
-@click.option("--keep-alive-s", type=float, default=60.0, show_default=True, help="idle time before an instance stops")
-@click.option("--cold-start-scale", type=float, default=1.0, show_default=True, help="inproc backend: scale profiled cold starts")
+@click.option("--max-body-mb", type=float, default=_D("max_body_mb"), show_default=True, help="largest request body (413 above)")
+@click.option("--timeout-s", "timeout_s", type=float, default=_D("invocation_timeout_s"), show_default=True, help="per-invocation timeout")
+@click.option("--keep-alive-s", type=float, default=_D("keep_alive_s"), show_default=True, help="idle time before an instance stops")
+@click.option("--cold-start-scale", type=float, default=_D("cold_start_scale"), show_default=True, help="inproc backend: scale profiled cold starts")
 @click.option("--profiles", "profiles_dirs", multiple=True, type=click.Path(exists=True, file_okay=False), metavar="DIR",
               help="folder of profile YAML files, searched before the shipped profiles (repeatable; the first wins)")
 @click.option("--set", "sets", multiple=True, metavar="POLICY.KEY=VALUE",
@@ -78,7 +85,6 @@ def up(host, port, cluster_file, policy, backend, execute, data_dir, max_body_mb
     from pydantic import ValidationError
 
     from gpufaas.gateway.app import run
-    from gpufaas.gateway.config import GatewayConfig
     from gpufaas.platform.specs import format_validation_error
 
     from gpufaas.gateway.app import resolve_policy_name

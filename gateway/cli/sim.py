@@ -126,6 +126,8 @@ def sim(scenario_path: str, policy: str, seed: int | None, sweep: str | None, pl
         report.check_writable(csv_path, "--csv")
     path = resolve_scenario(scenario_path, "--scenario")
     sc = load_scenario(path)
+    for load in loads:
+        sc.workload.check_load(load, "--sweep")
     reg = builtin_registry()
     for name in names:  # the scenario's params with --set on top, for every policy, before any run
         try:
