@@ -47,6 +47,10 @@ class Clock(Protocol):
         """Run `callback(*args)` at `when_ns` (or at once if that is in the past)."""
         ...
 
+    def call_at_fast(self, when_ns: int, callback: Callable[..., Any], *args: Any) -> None:
+        """`call_at` without a Handle (not cancellable): the hot path of timers that always fire."""
+        ...
+
     def call_soon(self, callback: Callable[[], Any]) -> None:
         """Run `callback()` once the callbacks due now have run (end of the current instant)."""
         ...

@@ -12,7 +12,7 @@ in `runtime.py`, and the `Accounting`.
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from gpufaas.platform.accounting import Accounting
 from gpufaas.platform.clock import Clock, Handle, ms_to_ns, perf_ns
@@ -23,6 +23,10 @@ from gpufaas.platform.runtime import (AfwQueue, Batch, FunctionRt, Gpu, Instance
                                       InvocationStatus, Job, WorkflowRt, build_gpus)
 from gpufaas.platform.specs import ClusterSpec, FunctionSpec, WorkflowSpec
 from gpufaas.platform.views import ClusterView
+
+if TYPE_CHECKING:  # the seams' protocols (annotations only: no import cycle through the policy package)
+    from gpufaas.platform.backends.interface import Backend
+    from gpufaas.platform.policy.interface import Policy
 
 
 # NOTE: module-level aliases of the enum members the hot path compares against, about ten times per
@@ -38,7 +42,7 @@ class PolicyPurityError(AssertionError):
 class Controller:
     """The control plane of one cluster. See the module docstring for who calls what."""
 
-    def __init__(self, cluster: ClusterSpec, profiles: Profiles, policy: Any, backend: Any, clock: Clock, *,
+    def __init__(self, cluster: ClusterSpec, profiles: Profiles, policy: Policy, backend: Backend, clock: Clock, *,
                  keep_alive_s: float = 60.0, max_retries: int = 1, check_purity: bool = False, live: bool = False) -> None:
         self.cluster = cluster
         self.profiles = profiles
