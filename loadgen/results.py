@@ -63,7 +63,8 @@ class Cell:
 
 
 @functools.lru_cache(maxsize=16)
-def _scenario(path: str, duration_s: float | None):
+def cached_scenario(path: str, duration_s: float | None = None):
+    """The scenario at `path` (its duration replaced when given), loaded once per process."""
     from gpufaas.loadgen.scenario import load_scenario
 
     sc = load_scenario(path)
@@ -73,10 +74,11 @@ def _scenario(path: str, duration_s: float | None):
 
 
 @functools.lru_cache(maxsize=16)
-def _profiles(path: str, duration_s: float | None, dirs: tuple[str, ...]):
+def cached_profiles(path: str, duration_s: float | None, dirs: tuple[str, ...]):
+    """The profiles the scenario at `path` runs with, `dirs` first, loaded once per process."""
     from gpufaas.loadgen.simdriver import scenario_profiles
 
-    return scenario_profiles(_scenario(path, duration_s), dirs)
+    return scenario_profiles(cached_scenario(path, duration_s), dirs)
 
 
 def run_cell(cell: Cell, duration_s: float | None = None) -> dict:
@@ -84,15 +86,15 @@ def run_cell(cell: Cell, duration_s: float | None = None) -> dict:
     profiles are loaded once per worker and scenario."""
     from gpufaas.loadgen.simdriver import run_scenario
 
-    sc = _scenario(cell.scenario_path, duration_s)
+    sc = cached_scenario(cell.scenario_path, duration_s)
     r = run_scenario(sc, cell.policy, seed=cell.seed, load=cell.load, policy_params=dict(cell.params) or None,
-                     profiles=_profiles(cell.scenario_path, duration_s, cell.profiles))
+                     profiles=cached_profiles(cell.scenario_path, duration_s, cell.profiles))
     return {"scenario": sc.name, **r}
 
 
 def _weight(cell: Cell, duration_s: float | None) -> float:
     """Rough cost of a cell (arrivals x a policy factor), to start the longest cells first."""
-    sc = _scenario(cell.scenario_path, duration_s)
+    sc = cached_scenario(cell.scenario_path, duration_s)
     rate_rps = sum(s.rate_rps for s in sc.workload.streams) or 1.0
     return rate_rps * sc.duration_s * cell.load * (20.0 if cell.policy == TARGET_POLICY else 1.0)
 
@@ -316,7 +318,7 @@ def COMMAND(scenarios: str, policies: str, loads: str, seeds: str, jobs: int | N
         raise UserError(f"--duration: must be > 0 seconds, got {duration_s}")
     for p in paths:  # every scenario loads (and every load can be replayed) before the first run
         for ld in load_list:
-            _scenario(p, duration_s).workload.check_load(ld, "--loads")
+            cached_scenario(p, duration_s).workload.check_load(ld, "--loads")
     readme_text = None
     if not no_readme:
         try:
@@ -336,7 +338,7 @@ def COMMAND(scenarios: str, policies: str, loads: str, seeds: str, jobs: int | N
     results = run_grid(cells, min(jobs, len(cells)), duration_s, _progress(t0))
     agg = aggregate(results)
     checks = evaluate_targets(agg)
-    scen = [_scenario(p, duration_s) for p in paths]
+    scen = [cached_scenario(p, duration_s) for p in paths]
     meta = {"generated_on": datetime.date.today().isoformat(),
             "scenarios": [{"name": s.name, "description": s.description, "duration_s": s.duration_s,
                            "warmup_s": s.effective_warmup_s() if hasattr(s, "effective_warmup_s") else 0.0} for s in scen],

@@ -267,6 +267,15 @@ class TraceSpec(Spec):
         ranked = np.argsort(-totals, kind="stable")[:n]
         return {int(f): r % k for r, f in enumerate(ranked)}
 
+    def check_load(self, load: float, where: str) -> None:
+        """SpecError (naming `where`) when this trace cannot be replayed at `load`: a timestamps trace
+        can only be thinned, so rate_scale x load must stay <= 1. Who calls it: the replay itself, and
+        `WorkloadSpec.check_load` for every load of a sweep before the first run."""
+        if self.format == "timestamps" and self.rate_scale * load > 1:
+            raise SpecError(f"{where}: load {load:g} is above what the timestamps trace {self.path} can replay "
+                            f"(rate_scale {self.rate_scale:g} x load must be <= 1: it can only be thinned); "
+                            f"use loads <= {1 / self.rate_scale:g}, or raise its rate with time_scale in the scenario")
+
     def row_targets(self) -> np.ndarray | None:
         """timestamps: the index into `workflows` of each row, or None when every row goes to workflows[0]."""
         tr = read_timestamps(self.path)
@@ -339,9 +348,8 @@ class TraceSpec(Spec):
         tgt = self.row_targets()
         t = tr.times_s
         lo = int(np.searchsorted(t, self.start_s))
+        self.check_load(load, str(self.path))
         keep_p = self.rate_scale * load
-        if keep_p > 1:
-            raise SpecError(f"{self.path}: rate_scale x load = {keep_p:g} > 1; a timestamps trace can only be thinned; use time_scale")
         chunk = 4096
         for a in range(lo, len(t), chunk):
             b = min(a + chunk, len(t))

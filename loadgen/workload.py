@@ -21,7 +21,6 @@ from pydantic import Field, model_validator
 from gpufaas.loadgen import arrivals as ap
 from gpufaas.loadgen.trace import TraceSpec
 from gpufaas.platform.clock import NS_PER_S
-from gpufaas.platform.errors import SpecError
 from gpufaas.platform.specs import Spec
 
 
@@ -92,14 +91,10 @@ class WorkloadSpec(Spec):
         return out
 
     def check_load(self, load: float, flag: str) -> None:
-        """SpecError (naming `flag`) when a load multiplier cannot be replayed: a timestamps trace can
-        only be thinned, so rate_scale x load must stay <= 1. Who calls it: `gpufaas sim` and
-        `gpufaas results`, for every load of a sweep before the first run."""
+        """SpecError (naming `flag`) when a trace cannot be replayed at `load` (`TraceSpec.check_load`).
+        Who calls it: `gpufaas sim` and `gpufaas results`, for every load of a sweep before the first run."""
         for tr in self.traces:
-            if tr.format == "timestamps" and tr.rate_scale * load > 1:
-                raise SpecError(f"{flag}: load {load:g} is above what the timestamps trace {tr.path} can replay "
-                                f"(rate_scale {tr.rate_scale:g} x load must be <= 1: it can only be thinned); "
-                                f"use loads <= {1 / tr.rate_scale:g}, or raise its rate with time_scale in the scenario")
+            tr.check_load(load, flag)
 
     def workflow_names(self) -> set[str]:
         """Every workflow this workload invokes."""

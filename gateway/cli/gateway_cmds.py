@@ -84,12 +84,10 @@ def up(host, port, cluster_file, policy, backend, execute, data_dir, max_body_mb
     """Run the gateway (with the platform embedded) until Ctrl-C / SIGTERM."""
     from pydantic import ValidationError
 
-    from gpufaas.gateway.app import run
-    from gpufaas.platform.specs import format_validation_error
-
-    from gpufaas.gateway.app import resolve_policy_name
+    from gpufaas.gateway.app import resolve_policy_name, run
     from gpufaas.platform.policy.params import parse_set
     from gpufaas.platform.policy.registry import builtin_registry
+    from gpufaas.platform.specs import format_validation_error
 
     if cluster_file is not None and not Path(cluster_file).is_file():
         raise UserError(f"--cluster: {cluster_file}: file not found; check the path")

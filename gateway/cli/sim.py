@@ -107,9 +107,8 @@ def sim(scenario_path: str, policy: str, seed: int | None, sweep: str | None, pl
     searched in --profiles folders, then the scenario's `profiles:` folder, then the shipped ones.
     """
     from gpufaas.loadgen import report
-    from gpufaas.loadgen.results import Cell, run_grid
-    from gpufaas.loadgen.scenario import load_scenario, resolve_scenario
-    from gpufaas.loadgen.simdriver import scenario_profiles
+    from gpufaas.loadgen.results import Cell, cached_profiles, cached_scenario, run_grid
+    from gpufaas.loadgen.scenario import resolve_scenario
     from gpufaas.platform.policy.params import parse_set
     from gpufaas.platform.policy.registry import builtin_registry
 
@@ -124,8 +123,8 @@ def sim(scenario_path: str, policy: str, seed: int | None, sweep: str | None, pl
         report.check_writable(plot_path, "--plot")
     if csv_path is not None:
         report.check_writable(csv_path, "--csv")
-    path = resolve_scenario(scenario_path, "--scenario")
-    sc = load_scenario(path)
+    path = str(resolve_scenario(scenario_path, "--scenario"))
+    sc = cached_scenario(path, None)  # the same cache key the cells read when they run in this process (-j 1)
     for load in loads:
         sc.workload.check_load(load, "--sweep")
     reg = builtin_registry()
@@ -134,8 +133,8 @@ def sim(scenario_path: str, policy: str, seed: int | None, sweep: str | None, pl
             reg.check(name, {**sc.params.get(name, {}), **overrides.get(name, {})})
         except UserError as e:
             raise UserError(f"--set: {e}" if name in overrides else str(e)) from None
-    scenario_profiles(sc, profiles_dirs)  # a profile file that does not validate fails here, before any run
-    cells = [Cell(str(path), name, load, seed, tuple(sorted(overrides.get(name, {}).items())), profiles_dirs)
+    cached_profiles(path, None, profiles_dirs)  # a profile file that does not validate fails here, before any run
+    cells = [Cell(path, name, load, seed, tuple(sorted(overrides.get(name, {}).items())), profiles_dirs)
              for load in loads for name in names]
     results = run_grid(cells, jobs, on_done=None if as_json else progress_printer(len(cells)))
     if csv_path is not None:

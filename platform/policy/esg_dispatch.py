@@ -72,19 +72,16 @@ def ordered_jobs(qs: list[AfwQueue], plans: dict[str, WorkflowPlan], now_ns: int
     return (t[2] for t in heapq.merge(*(keyed(q) for q in qs)))
 
 
-def _fastest_after(plans: dict[str, WorkflowPlan], job: Job) -> int:
+def _after(plans: dict[str, WorkflowPlan], job: Job, planned: bool) -> int:
+    """The time `job` needs after its stage: on the planned path (`planned`) or the fastest one."""
     plan = plans.get(job.inv.workflow.name)
-    return plan.fastest_after_ns[job.stage.index] if plan is not None else 0
-
-
-def _planned_after(plans: dict[str, WorkflowPlan], job: Job) -> int:
-    plan = plans.get(job.inv.workflow.name)
-    return plan.planned_after_ns[job.stage.index] if plan is not None else 0
+    if plan is None:
+        return 0
+    return (plan.planned_after_ns if planned else plan.fastest_after_ns)[job.stage.index]
 
 
 def _hopeless(plans: dict[str, WorkflowPlan], job: Job, start_ns: int, run_ns: int, planned: bool) -> bool:
-    after = _planned_after(plans, job) if planned else _fastest_after(plans, job)
-    return start_ns + run_ns + after > job.inv.deadline_ns
+    return start_ns + run_ns + _after(plans, job, planned) > job.inv.deadline_ns
 
 
 def dispatch(view: ClusterView, now_ns: int, fname: str, qs: list[AfwQueue], queued: int,
@@ -146,7 +143,7 @@ def dispatch(view: ClusterView, now_ns: int, fname: str, qs: list[AfwQueue], que
             elif not drop(j, now_ns, run1):
                 batch.append(j)
         # shrink while the head could not finish its stage in time with the larger batch (keep >= 1)
-        slack = head.inv.deadline_ns - now_ns - x - _fastest_after(plans, head)
+        slack = head.inv.deadline_ns - now_ns - x - _after(plans, head, planned=False)
         k = len(batch)
         while k > 1 and inst.batch_latency_ns(k) > slack:
             k -= 1
@@ -188,7 +185,7 @@ def shed_backlog(view: ClusterView, now_ns: int, fname: str, qs: list[AfwQueue],
     admitted = 0
     shed: list[int] = []
     for j in ordered_jobs(qs, plans, now_ns):
-        finish = now_ns + first_ns + (admitted // per_round + 1) * round_ns + _planned_after(plans, j)
+        finish = now_ns + first_ns + (admitted // per_round + 1) * round_ns + _after(plans, j, planned=True)
         if finish > j.inv.deadline_ns:
             shed.append(j.id)
         else:

@@ -260,9 +260,10 @@ def _rebalance(view: ClusterView, tg: PoolTarget, targets: dict[str, PoolTarget]
             by_gpu.setdefault(inst.gpu.id, []).append(inst)
     best: list[Instance] | None = None
     best_key = None
+    own_up = sum(1 for i in live[f] if i.state != _STARTING and i.id not in stopped)
     for gpu_id, cands in by_gpu.items():
         free = room.units[gpu_id]
-        own_left = sum(1 for i in live[f] if i.state != _STARTING and i.id not in stopped)
+        own_left = own_up
         lost_own = 0.0
         chosen: list[Instance] = []
         # the function's own small instances first (no other stage loses anything), then the largest

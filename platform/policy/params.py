@@ -102,10 +102,3 @@ def parse_set(items: tuple[str, ...] | list[str], flag: str = "--set") -> dict[s
         out.setdefault(policy, {})[key] = value
     return out
 
-
-def merged(base: dict[str, dict[str, Any]], over: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per-policy parameters of `base` with those of `over` on top (flags beat the file)."""
-    out = {p: dict(v) for p, v in base.items()}
-    for p, v in over.items():
-        out.setdefault(p, {}).update(v)
-    return out

@@ -13,18 +13,16 @@ from typing import Any
 from gpufaas.platform.errors import UserError
 from gpufaas.platform.policy import names
 from gpufaas.platform.policy.interface import Policy, PolicyClass
-from gpufaas.platform.policy.params import PolicyParams, describe, validate
-
-PolicyFactory = PolicyClass
+from gpufaas.platform.policy.params import PolicyParams, validate
 
 
 class Registry:
     """Name -> policy class. `register` raises on a duplicate name."""
 
     def __init__(self) -> None:
-        self._factories: dict[str, PolicyFactory] = {}
+        self._factories: dict[str, PolicyClass] = {}
 
-    def register(self, name: str, factory: PolicyFactory) -> None:
+    def register(self, name: str, factory: PolicyClass) -> None:
         if name in self._factories:
             raise ValueError(f"policy '{name}' is already registered")
         self._factories[name] = factory
@@ -40,7 +38,7 @@ class Registry:
     def __contains__(self, name: str) -> bool:
         return name in self._factories
 
-    def policy_class(self, name: str) -> PolicyFactory:
+    def policy_class(self, name: str) -> PolicyClass:
         """The class registered as `name`, or imported from 'package.module:Class'. UserError lists the
         known names; an imported class must declare its parameters (`Params`, a `PolicyParams`)."""
         factory = self._factories.get(name)
@@ -53,9 +51,7 @@ class Registry:
             cls = getattr(importlib.import_module(mod), attr)
         except (ImportError, AttributeError) as e:
             raise UserError(f"policy '{name}': cannot import it ({e}); give 'package.module:Class'") from None
-        declared = cls.__dict__.get("Params") if isinstance(cls, type) else None
-        for base in (cls.__mro__ if isinstance(cls, type) else ()):
-            declared = declared or base.__dict__.get("Params")
+        declared = getattr(cls, "Params", None) if isinstance(cls, type) else None
         if not (isinstance(declared, type) and issubclass(declared, PolicyParams)):
             raise UserError(f"policy '{name}': declares no parameters; give the class a `Params` "
                             "(a subclass of gpufaas.platform.policy.params.PolicyParams, empty if it takes none)")
@@ -65,10 +61,6 @@ class Registry:
         """`params` validated for policy `name` without building it (a run checks every policy's
         parameters before its first simulation). UserError, one line, naming policy, key and rule."""
         return validate(name, self.policy_class(name).Params, params)
-
-    def describe(self, name: str) -> str:
-        """The parameters of policy `name` with their allowed ranges."""
-        return describe(self.policy_class(name).Params)
 
     def make(self, name: str, **params: Any) -> Policy:
         """Build a policy by registered name or 'package.module:Class' (parameters validated)."""
