@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast package-check bench demo results lint clean
+.PHONY: install layout typecheck test test-fast package-check bench demo results lint clean
 
 install: $(STAMP)
 
@@ -15,11 +15,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(MAKE) --no-print-directory layout
 	touch $(STAMP)
+
+# The gpufaas.* namespace as directory symlinks to the folders, for mypy, pyright and editors (see pyproject)
+layout:
+	mkdir -p $(VENV)/layout/gpufaas
+	for d in platform gateway loadgen functions; do ln -sfn "$(CURDIR)/$$d" $(VENV)/layout/gpufaas/$$d; done
+
+typecheck: install
+	$(BIN)/mypy -p gpufaas.platform -p gpufaas.gateway -p gpufaas.loadgen
 
 test: install
 	$(BIN)/lint-imports
 	$(BIN)/ruff check --quiet platform gateway loadgen functions tests
+	$(BIN)/mypy -p gpufaas.platform -p gpufaas.gateway -p gpufaas.loadgen
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # unit and property tests, under a minute: no subprocess gateways, Docker, Ray or long simulations

@@ -29,6 +29,7 @@ url="http://127.0.0.1:$port"
 echo "package-check: gpufaas up (process backend) + deploy + invoke on $url"
 "$bin/gpufaas" up --port "$port" --data-dir "$work/data" > gateway.log 2>&1 &
 gw=$!
+export GPUFAAS_DATA_DIR="$work/data"  # where the CLI finds the admin key the gateway writes at its first start
 for _ in $(seq 1 120); do
   if "$bin/gpufaas" ls --gateway "$url" --json > /dev/null 2>&1; then break; fi
   kill -0 "$gw" 2>/dev/null || { cat gateway.log; exit 1; }

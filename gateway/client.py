@@ -1,11 +1,13 @@
 """The CLI's HTTP client (one module, stdlib `urllib`): gateway address, requests, stack manifests.
 
-Who calls it: `gpufaas deploy/ls/describe/rm/invoke` (gateway_cmds.py), the demo and the tests.
+Who calls it: `gpufaas deploy/ls/status/describe/rm/invoke` (gateway_cmds.py), the demo and the tests.
 Errors reach users as one line: a 4xx answer raises `GatewayError` (exit 2, the gateway's message),
 an unreachable gateway raises `GatewayUnreachable` (exit 3), a 5xx raises `GatewayError` with exit 1.
 
 The gateway address is decided in `resolve_gateway()` only: `--gateway` flag, else `$GPUFAAS_GATEWAY`,
-else http://127.0.0.1:8080.
+else http://127.0.0.1:8080. The API key in `resolve_api_key()` only: `--api-key`, else `$GPUFAAS_API_KEY`,
+else, when the gateway is on this machine, the admin key `gpufaas up` wrote to `<data-dir>/admin.key`
+(data dir `$GPUFAAS_DATA_DIR`, else `.gpufaas`, `gpufaas up`'s default).
 """
 
 from __future__ import annotations
@@ -13,30 +15,50 @@ from __future__ import annotations
 import json
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Protocol
 
 from pydantic import Field
 
 from gpufaas.platform.errors import SpecError, UserError
-from gpufaas.platform.specs import Spec, read_yaml
+from gpufaas.platform.specs import MAX_BUNDLE_BYTES, MAX_BUNDLE_FILE_BYTES, MAX_BUNDLE_FILES, Spec, read_yaml
 
 DEFAULT_GATEWAY = "http://127.0.0.1:8080"
 ENV_GATEWAY = "GPUFAAS_GATEWAY"
+ENV_API_KEY = "GPUFAAS_API_KEY"
+ENV_DATA_DIR = "GPUFAAS_DATA_DIR"
+DEFAULT_DATA_DIR = ".gpufaas"  # GatewayConfig.data_dir's default
+LOCAL_HOSTS = frozenset(("127.0.0.1", "localhost", "::1", "0.0.0.0"))
 STACK_VERSIONS = ("1",)
 BUNDLE_SUFFIXES = (".py", ".yaml", ".yml", ".json", ".txt", ".cfg", ".toml")
-MAX_BUNDLE_FILE_BYTES = 1 << 20
 
 
-def resolve_gateway(flag: str | None, env: dict[str, str] | None = None) -> str:
+def resolve_gateway(flag: str | None, env: Mapping[str, str] | None = None) -> str:
     """The gateway base URL: flag > $GPUFAAS_GATEWAY > default (the one place this is decided)."""
-    env = os.environ if env is None else env
-    url = flag or env.get(ENV_GATEWAY) or DEFAULT_GATEWAY
+    source: Mapping[str, str] = os.environ if env is None else env
+    url = flag or source.get(ENV_GATEWAY) or DEFAULT_GATEWAY
     if not url.startswith(("http://", "https://")):
         src = "--gateway" if flag else ENV_GATEWAY
         raise UserError(f"{src}: {url!r} is not an http(s) URL; write e.g. http://127.0.0.1:8080")
     return url.rstrip("/")
+
+
+def resolve_api_key(flag: str | None, gateway_url: str, env: Mapping[str, str] | None = None) -> str | None:
+    """The API key to send: flag > $GPUFAAS_API_KEY > the local gateway's admin key file > None (the one place
+    this is decided). The file is read only for a gateway on this machine: a remote one has its own."""
+    source: Mapping[str, str] = os.environ if env is None else env
+    key = flag or source.get(ENV_API_KEY)
+    if key:
+        return key.strip()
+    if urllib.parse.urlsplit(gateway_url).hostname in LOCAL_HOSTS:
+        path = Path(source.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR) / "admin.key"
+        try:
+            return path.read_text().strip() or None
+        except OSError:
+            return None
+    return None
 
 
 class GatewayError(UserError):
@@ -58,9 +80,10 @@ class GatewayUnreachable(UserError):
 class Client:
     """A thin synchronous client of the gateway's HTTP API."""
 
-    def __init__(self, base_url: str, timeout_s: float = 120.0) -> None:
+    def __init__(self, base_url: str, timeout_s: float = 120.0, api_key: str | None = None) -> None:
         self.base = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        self.api_key = api_key
 
     def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
                 content_type: str = "application/json", accept_error: bool = False) -> tuple[int, Any]:
@@ -71,6 +94,8 @@ class Client:
         if data is not None:
             req.add_header("Content-Type", content_type)
         req.add_header("Accept", "application/json")
+        if self.api_key:
+            req.add_header("Authorization", f"Bearer {self.api_key}")
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
                 return resp.status, _decode(resp.read())
@@ -179,13 +204,20 @@ def load_stack(path: str | Path, env: dict[str, str] | None = None) -> list[tupl
 
 
 def _bundle_files(d: Path, where: str) -> dict[str, str]:
-    """The small text files of a bundle (handler.py and friends), function.yaml excluded."""
-    files = {}
+    """The small text files of a bundle (handler.py and friends), function.yaml excluded. SpecError past the
+    gateway's limits on bundles (`specs.MAX_BUNDLE_*`), before anything is sent."""
+    files: dict[str, str] = {}
+    total = 0
     for p in sorted(d.rglob("*")):
         if not p.is_file() or p.name == "function.yaml" or "__pycache__" in p.parts or p.suffix not in BUNDLE_SUFFIXES:
             continue
-        if p.stat().st_size > MAX_BUNDLE_FILE_BYTES:
+        size = p.stat().st_size
+        if size > MAX_BUNDLE_FILE_BYTES:
             raise SpecError(f"{where}: {p.name} is over {MAX_BUNDLE_FILE_BYTES >> 20} MB; bundles carry code, not weights")
+        total += size
+        if len(files) == MAX_BUNDLE_FILES or total > MAX_BUNDLE_BYTES:
+            raise SpecError(f"{where}: {d} holds over {MAX_BUNDLE_FILES} files or {MAX_BUNDLE_BYTES >> 20} MB of them; "
+                            "bundles carry code, not weights")
         try:
             files[p.relative_to(d).as_posix()] = p.read_text()
         except UnicodeDecodeError:
@@ -193,17 +225,37 @@ def _bundle_files(d: Path, where: str) -> dict[str, str]:
     return files
 
 
-def deploy_stack(client: Client, items: list[tuple[str, dict, dict[str, str]]], parallel: int = 4) -> list[dict]:
+class DeployWatcher(Protocol):
+    """Told about each item of a deploy as it goes (`gpufaas deploy` draws a progress line per item).
+    Called from the deploy's worker threads: implementations must be thread-safe."""
+
+    def started(self, kind: str, name: str) -> None:
+        """The request for this function or workflow was sent."""
+
+    def finished(self, kind: str, name: str, result: str) -> None:
+        """The gateway answered `result` ('created', 'updated', 'unchanged') for it."""
+
+
+def deploy_stack(client: Client, items: list[tuple[str, dict, dict[str, str]]], parallel: int = 4,
+                 watcher: DeployWatcher | None = None) -> list[dict]:
     """Send the functions (up to `parallel` at once: the gateway checks each bundle in a fresh interpreter,
     which takes seconds), then the workflows in order. Returns the gateway's answers in manifest order;
-    the first error raises once the requests in flight have ended."""
+    the first error raises once the requests in flight have ended. `watcher` hears of each start and end."""
     from concurrent.futures import ThreadPoolExecutor
+
+    def send(kind: str, spec: dict, files: dict[str, str]) -> dict:
+        if watcher is not None:
+            watcher.started(kind, spec["name"])
+        doc = client.deploy_function(spec, files) if kind == "function" else client.deploy_workflow(spec)
+        if watcher is not None:
+            watcher.finished(kind, spec["name"], doc.get("result", "?"))
+        return doc
 
     fns = [(spec, files) for kind, spec, files in items if kind == "function"]
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        futures = [pool.submit(client.deploy_function, spec, files) for spec, files in fns]
+        futures = [pool.submit(send, "function", spec, files) for spec, files in fns]
         out = [f.result() for f in futures]
     for kind, spec, _ in items:
         if kind == "workflow":
-            out.append(client.deploy_workflow(spec))
+            out.append(send("workflow", spec, {}))
     return out

@@ -78,6 +78,9 @@ async def preflight(session: aiohttp.ClientSession, gateway: str, workflows: set
             if r.status != 200:
                 raise UserError(f"--gateway {gateway}: /healthz answered {r.status}; is this a gpufaas gateway?")
         async with session.get(f"{gateway}/v1/workflows") as r:
+            if r.status in (401, 403):
+                raise UserError(f"--gateway {gateway}: GET /v1/workflows answered {r.status}: give an API key of the workflows' "
+                                "tenant (--api-key or $GPUFAAS_API_KEY)")
             if r.status != 200:
                 raise UserError(f"--gateway {gateway}: GET /v1/workflows answered {r.status}; is this a gpufaas gateway?")
             doc = await r.json(content_type=None)
@@ -126,7 +129,7 @@ class Driver:
     def __init__(self, gateway: str, workload: WorkloadSpec, *, seed: int, duration_s: float, load: float = 1.0,
                  connections: int = 256, timeout_s: float = 60.0, source: str = "--workflow",
                  progress: Callable[[float, int, int, int], None] | None = None, check: bool = True,
-                 client: str = "fast") -> None:
+                 client: str = "fast", api_key: str | None = None) -> None:
         if duration_s <= 0:
             raise UserError(f"--duration: must be > 0 seconds (got {duration_s:g})")
         if load <= 0:
@@ -156,7 +159,8 @@ class Driver:
         self.client = client if u.scheme == "http" else "aiohttp"
         self._host, self._port = u.hostname or "127.0.0.1", u.port or 80
         base = u.path.rstrip("/")
-        self._raw = [encode_post(self._host, self._port, f"{base}/v1/workflows/{t.workflow}/invoke", b)
+        self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._raw = [encode_post(self._host, self._port, f"{base}/v1/workflows/{t.workflow}/invoke", b, self._auth)
                      for t, b in zip(targets, self._bodies)]
         self._pool: FastPool | None = None
         self._records: list[Record] = []
@@ -228,9 +232,9 @@ class Driver:
         out = LiveRun(self.gateway, self.workflows, duration_s=self.duration_s)
         conn = aiohttp.TCPConnector(limit=self.connections, limit_per_host=self.connections, force_close=False)
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
-        async with aiohttp.ClientSession(connector=conn, timeout=timeout, skip_auto_headers=("User-Agent",)) as session:
+        async with aiohttp.ClientSession(connector=conn, timeout=timeout, skip_auto_headers=("User-Agent",), headers=self._auth) as session:
             if self.check:
-                async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s2:
+                async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10), headers=self._auth) as s2:
                     out.usage_before = await preflight(s2, self.gateway, set(self.workflows), self.source)
             it = arrivals(self.workload, self.seed, self.duration_s, self.load)
             tasks: set[asyncio.Task] = set()

@@ -10,13 +10,19 @@ bodies the gateway returns), so it costs a fraction of that. aiohttp stays for e
 Bounded: at most `limit` connections; a request that finds them all busy waits in FIFO order, and that
 wait counts in its latency (the driver measures from the scheduled send time).
 
-Who calls it: `loadgen.driver.Driver` only.
+`closed_loop` drives one server as hard as a fixed number of connections can: each sends its next
+request from the protocol callback that received the previous answer (no future or task per request).
+
+Who calls it: `loadgen.driver.Driver` (`FastPool`), `gpufaas bench gateway` (`closed_loop`, and a
+one-connection `FastPool` for sequential round trips).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import deque
+from typing import Callable
 
 
 class BadResponse(Exception):
@@ -61,10 +67,14 @@ class _Conn(asyncio.Protocol):
             body = bytes(buf[self.hdr:self.need])
             del buf[:self.need]
             self.need = -1
-            fut = self.fut
-            self.fut = None
-            if fut is not None and not fut.done():
-                fut.set_result((self.status, body))
+            self._answer(self.status, body)
+
+    def _answer(self, status: int, body: bytes) -> None:
+        """One whole response arrived: hand it to the waiting request."""
+        fut = self.fut
+        self.fut = None
+        if fut is not None and not fut.done():
+            fut.set_result((status, body))
 
     def _fail(self, exc: BaseException) -> None:
         fut = self.fut
@@ -179,7 +189,62 @@ class FastPool:
         self._idle.clear()
 
 
-def encode_post(host: str, port: int, path: str, body: bytes) -> bytes:
-    """A complete POST request with a JSON body, keep-alive."""
-    return (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+def encode_post(host: str, port: int, path: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
+    """A complete POST request with a JSON body, keep-alive; `headers` adds lines (e.g. Authorization)."""
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    return (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n{extra}"
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+class _LoopConn(_Conn):
+    """A `closed_loop` connection: sends `raw`, and again from each 200 answer until `stop_at` (loop time).
+    Its `fut` resolves once, with the number of answers, or with the first error."""
+
+    __slots__ = ("raw", "stop_at", "count", "now")
+
+    def __init__(self, raw: bytes, stop_at: float, fut: asyncio.Future, now: Callable[[], float]) -> None:
+        super().__init__()
+        self.raw = raw
+        self.stop_at = stop_at
+        self.fut = fut
+        self.count = 0
+        self.now = now
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.transport.write(self.raw)  # type: ignore[union-attr]
+
+    def _answer(self, status: int, body: bytes) -> None:
+        if status != 200:
+            self._fail(BadResponse(f"server answered {status}: {body[:200]!r}"))
+            return
+        self.count += 1
+        if self.now() >= self.stop_at:
+            fut = self.fut
+            self.fut = None
+            if fut is not None and not fut.done():
+                fut.set_result(self.count)
+            self.close()
+        else:
+            self.transport.write(self.raw)  # type: ignore[union-attr]
+
+
+async def closed_loop(host: str, port: int, raw: bytes, connections: int, duration_s: float) -> tuple[int, float]:
+    """Closed-loop load: `connections` keep-alive connections, one request (`raw`) in flight each, for
+    `duration_s` (a connection sends again as soon as its answer is in, until the time is up). Returns
+    (answers, seconds, connecting included). Raises BadResponse on an answer other than 200, and
+    ConnectionResetError when the server closes a connection."""
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    stop_at = t0 + duration_s
+    futs: list[asyncio.Future] = [loop.create_future() for _ in range(connections)]
+    conns: list[_LoopConn] = []
+    try:
+        for f in futs:
+            _, c = await loop.create_connection(functools.partial(_LoopConn, raw, stop_at, f, loop.time), host, port)
+            conns.append(c)
+        counts = await asyncio.gather(*futs)
+    finally:
+        for c in conns:
+            c.close()
+    return sum(counts), loop.time() - t0

@@ -20,12 +20,13 @@ import numpy as np
 from gpufaas.loadgen.driver import COMPLETED, LiveRun
 from gpufaas.platform.clock import NS_PER_MS, NS_PER_S
 from gpufaas.platform.errors import UserError
+from gpufaas.platform.stats import quantiles
 
 
 def _pct(values_ms: np.ndarray) -> dict:
     if len(values_ms) == 0:
         return {"p50": None, "p95": None, "p99": None, "max": None}
-    p50, p95, p99 = np.percentile(values_ms, [50, 95, 99])
+    p50, p95, p99 = quantiles(values_ms, (0.5, 0.95, 0.99))
     return {"p50": round(float(p50), 3), "p95": round(float(p95), 3), "p99": round(float(p99), 3), "max": round(float(values_ms.max()), 3)}
 
 

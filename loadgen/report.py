@@ -1,18 +1,22 @@
-"""Reports of policy comparisons: CSV rows and a PNG plot of SLO hit rate and allocated cost vs load;
-for `gpufaas results`, the README results block and the Pareto plot.
+"""Reports of policy comparisons: CSV rows, a PNG of SLO hit rate and allocated cost vs load beside the
+trade-off (hit against cost, Pareto front marked), and a self-contained HTML page; for `gpufaas results`,
+the README results block and the Pareto plot.
 
-Who calls it: `gpufaas sim --csv/--plot` and `gpufaas results` (after every run is done), and the tests.
+Who calls it: `gpufaas sim --csv/--plot/--report` and `gpufaas results` (after every run is done), and the tests.
 What it changes: only the output files it is given. matplotlib runs on the Agg backend (no display needed).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
+from typing import BinaryIO
 
 CSV_COLUMNS = ["scenario", "policy", "load", "seed", "invocations", "completed", "rejected", "failed", "timed_out",
                "slo_hit_rate", "allocated_usd", "busy_usd", "gpu_seconds_allocated", "gpu_seconds_busy",
-               "p50_ms", "p95_ms", "p99_ms", "cold_starts", "mean_batch", "decision_p99_us", "sim_wall_s"]
+               "p50_ms", "p95_ms", "p99_ms", "cold_starts", "mean_batch", "decision_p99_us", "sim_wall_s",
+               "residency", "evictions", "prewarms_used", "prewarms_wasted", "gpu_memory_gb_seconds"]
 
 
 def csv_row(scenario: str, r: dict) -> dict:
@@ -25,7 +29,9 @@ def csv_row(scenario: str, r: dict) -> dict:
         "gpu_seconds_allocated": r["cost"]["gpu_seconds_allocated"], "gpu_seconds_busy": r["cost"]["gpu_seconds_busy"],
         "p50_ms": r["latency_ms"]["p50"], "p95_ms": r["latency_ms"]["p95"], "p99_ms": r["latency_ms"]["p99"],
         "cold_starts": r["cold_starts"], "mean_batch": r["mean_batch"], "decision_p99_us": r["decision_us"]["p99"],
-        "sim_wall_s": r["sim_wall_s"],
+        "sim_wall_s": r["sim_wall_s"], "residency": r["residency"], "evictions": r["evictions"],
+        "prewarms_used": r["prewarms"]["used"], "prewarms_wasted": r["prewarms"]["wasted"],
+        "gpu_memory_gb_seconds": r["gpu_memory_gb_seconds"],
     }
 
 
@@ -38,38 +44,147 @@ def write_csv(path: str | Path, scenario: str, results: list[dict]) -> None:
             w.writerow(csv_row(scenario, r))
 
 
-def write_plot(path: str | Path, scenario: str, results: list[dict]) -> None:
-    """Two panels against load: SLO hit rate and allocated cost (USD), one line per policy."""
+def _means(results: list[dict]) -> list[dict]:
+    """Per (policy, load), in first-seen order: the mean over seeds of SLO hit, allocated USD and p99, and the
+    half-width of the hit rate's 95 % interval (None for one seed), for the plot."""
+    from gpufaas.loadgen.results import summarize_seeds
+
+    return [{"policy": s["policy"], "load": s["load"], "hit": s["slo_hit_rate"]["mean"],
+             "hit_hw": s["slo_hit_rate"]["half_width"], "alloc": s["allocated_usd"]["mean"]}
+            for s in summarize_seeds({"scenario": "", **r} for r in results)]
+
+
+def plain_load_axis(ax, loads: list[float]) -> None:
+    """A log-2 x axis ticked at the loads themselves, written as plain numbers (0.5, 1, 2, 4; not 2^-1)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    if len(loads) > 1 and min(loads) > 0:
+        ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(sorted(set(loads))))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+
+
+def plain_cost_axis(ax, costs: list[float]) -> None:
+    """A log x axis for costs that span more than 4x (20x and more between batch1-wholegpu and the sharing
+    policies), its ticks plain USD figures (0.05, 0.1, 0.2), not powers of ten; linear otherwise (a log axis
+    over a narrow span shows no tick label at all)."""
+    from matplotlib.ticker import FuncFormatter
+
+    if costs and min(costs) > 0 and max(costs) > 4 * min(costs):
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
+        ax.tick_params(axis="x", which="minor", labelsize=7)
+
+
+def write_plot(path: str | Path | BinaryIO, scenario: str, results: list[dict]) -> None:
+    """Three panels, one line or point set per policy: SLO hit rate and allocated cost (USD) against load,
+    and the trade-off itself: SLO hit against allocated cost, one point per (policy, load) labelled with its
+    load, the Pareto front over all of them ringed and joined. Several seeds of a cell are drawn as their mean
+    (hit rate with its 95 % interval as an error bar). `path` may be a binary file object (the HTML report).
+    Who calls it: `gpufaas sim --plot/--report`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    pts = _means(results)
     by_policy: dict[str, list[dict]] = {}
-    for r in results:
-        by_policy.setdefault(r["policy"], []).append(r)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for name, rs in by_policy.items():
-        rs = sorted(rs, key=lambda r: r["load"])
-        loads = [r["load"] for r in rs]
-        ax1.plot(loads, [r["slo_hit_rate"] for r in rs], marker="o", label=name)
-        ax2.plot(loads, [r["cost"]["allocated_usd"] for r in rs], marker="o", label=name)
-    ax1.set_xlabel("load (x the scenario's arrival rates)")
+    for m in pts:
+        by_policy.setdefault(m["policy"], []).append(m)
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.6))
+    for k, (name, ms) in enumerate(by_policy.items()):
+        ms = sorted(ms, key=lambda m: m["load"])
+        loads = [m["load"] for m in ms]
+        yerr = [m["hit_hw"] or 0.0 for m in ms]
+        ax1.errorbar(loads, [m["hit"] for m in ms], yerr=yerr if any(yerr) else None, marker="o", color=f"C{k}", label=name, capsize=3)
+        ax2.plot(loads, [m["alloc"] for m in ms], marker="o", color=f"C{k}", label=name)
+        ax3.plot([m["alloc"] for m in ms], [m["hit"] for m in ms], marker="o", lw=0.8, alpha=0.85, color=f"C{k}", label=name)
+        for m in ms:
+            ax3.annotate(f"{m['load']:g}", (m["alloc"], m["hit"]), textcoords="offset points", xytext=(4, 3), fontsize=7, color=f"C{k}")
+    xy = [(m["alloc"], m["hit"]) for m in pts]
+    front = [xy[i] for i in pareto_front(xy)]
+    ax3.plot([x for x, _ in front], [y for _, y in front], ls="--", color="0.35", lw=0.9, drawstyle="steps-post",
+             label="Pareto front", zorder=1)
+    ax3.scatter([x for x, _ in front], [y for _, y in front], s=130, facecolors="none", edgecolors="k", linewidths=1.1, zorder=3)
+    all_loads = [m["load"] for m in pts]
+    for ax in (ax1, ax2):
+        ax.set_xlabel("load (x the scenario's arrival rates)")
+        plain_load_axis(ax, all_loads)
+    plain_cost_axis(ax3, [m["alloc"] for m in pts])
     ax1.set_ylabel("SLO hit rate (fraction of invocations)")
     ax1.set_ylim(-0.02, 1.02)
     ax1.set_title("SLO attainment")
-    ax2.set_xlabel("load (x the scenario's arrival rates)")
     ax2.set_ylabel("allocated cost (USD per run)")
     ax2.set_title("allocated GPU cost")
-    for ax in (ax1, ax2):
-        ax.grid(True, alpha=0.3)
-        if len({r["load"] for r in results}) > 1 and min(r["load"] for r in results) > 0:
-            ax.set_xscale("log", base=2)
+    ax3.set_xlabel("allocated cost (USD per run)")
+    ax3.set_ylabel("SLO hit rate (fraction of invocations)")
+    ax3.set_ylim(-0.02, 1.04)
+    ax3.set_title("trade-off (point labels: load)")
+    for ax in (ax1, ax2, ax3):
+        ax.grid(True, which="both", alpha=0.3)
     ax1.legend(fontsize=8)
+    ax3.legend(fontsize=8, loc="lower right")
     fig.suptitle(f"scenario {scenario}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
+
+
+def write_html(path: str | Path, title: str, results: list[dict], summary: list[dict] | None, meta: dict) -> None:
+    """One self-contained HTML page (no file or network reference): the run's metadata, the results table
+    (over seeds when `summary` is given: mean ± 95 % interval) and the plot of `write_plot`, inlined as a
+    base64 PNG. Who calls it: `gpufaas sim --report`. What it changes: writes `path` only."""
+    import base64
+    import html
+    import io
+
+    buf = io.BytesIO()
+    scenario = results[0]["scenario"] if results and "scenario" in results[0] else ""
+    write_plot(buf, scenario, results)
+    png = base64.b64encode(buf.getvalue()).decode("ascii")
+    e = html.escape
+
+    def pm(s: dict | None, fmt: str) -> str:
+        if s is None:
+            return "-"
+        return f"{s['mean']:{fmt}}" + ("" if s["half_width"] is None else f" ± {s['half_width']:{fmt}}")
+
+    if summary is not None:
+        head = ["policy", "load", "seeds", "SLO hit", "p50 ms", "p99 ms", "allocated $", "busy $", "cold starts", "invocations"]
+        rows = [[s["policy"], f"{s['load']:g}", ", ".join(map(str, s["seeds"])), pm(s["slo_hit_rate"], ".3f"), pm(s["p50_ms"], ".1f"),
+                 pm(s["p99_ms"], ".1f"), pm(s["allocated_usd"], ".3f"), pm(s["busy_usd"], ".3f"), pm(s["cold_starts"], ".0f"),
+                 pm(s["invocations"], ".0f")] for s in summary]
+    else:
+        head = ["policy", "load", "seed", "SLO hit", "p50 ms", "p99 ms", "allocated $", "busy $", "cold starts", "invocations"]
+        rows = [[r["policy"], f"{r['load']:g}", str(r["seed"]), f"{r['slo_hit_rate']:.3f}", f"{r['latency_ms']['p50']:.1f}",
+                 f"{r['latency_ms']['p99']:.1f}", f"{r['cost']['allocated_usd']:.3f}", f"{r['cost']['busy_usd']:.3f}",
+                 str(r["cold_starts"]), str(r["invocations"])] for r in results]
+    table = ("<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr></thead><tbody>" +
+             "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows) + "</tbody></table>")
+    meta_rows = "".join(f"<tr><th>{e(k)}</th><td><code>{e(json.dumps(v, sort_keys=True))}</code></td></tr>" for k, v in meta.items())
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+th, td {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }}
+th {{ background: #f3f3f3; }} td:first-child, th:first-child {{ text-align: left; }}
+img {{ max-width: 100%; }} code {{ font-size: 0.85em; white-space: pre-wrap; }}
+</style></head><body>
+<h1>{e(title)}</h1>
+<h2>Results</h2>
+{table}
+<p>SLO hit: fraction of invocations that finished by their deadline. Allocated cost: instance lifetime x share x price;
+busy cost: execution only.{" Figures over seeds: mean ± half-width of the 95 % confidence interval (Student t)." if summary is not None else ""}</p>
+<h2>Plots</h2>
+<img alt="SLO hit rate and allocated cost against load, and SLO hit against allocated cost with the Pareto front" src="data:image/png;base64,{png}">
+<h2>Run metadata (what reproduces it)</h2>
+<table class="meta">{meta_rows}</table>
+</body></html>
+"""
+    Path(path).write_text(page)
 
 
 def check_writable(path: str | Path, flag: str) -> None:
@@ -113,8 +228,6 @@ def write_pareto_plot(path: str | Path, agg: list[dict], scenarios: list[str]) -
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
-
     policies = list(dict.fromkeys(a["policy"] for a in agg))
     markers = "osD^vP*X"
     n = max(1, len(scenarios))
@@ -143,11 +256,7 @@ def write_pareto_plot(path: str | Path, agg: list[dict], scenarios: list[str]) -
         ax.set_title(f"{sc} (labels: load, x the scenario's arrival rates)", fontsize=9)
         # NOTE: costs span 20x and more (batch1-wholegpu against the sharing policies): a log x axis keeps
         # the sharing policies apart; its ticks stay plain USD figures (0.05, 0.1, 0.2), not powers of ten.
-        if pts and min(a["allocated_usd"]["mean"] for a in pts) > 0:
-            ax.set_xscale("log")
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
-            ax.tick_params(axis="x", which="minor", labelsize=7)
+        plain_cost_axis(ax, [a["allocated_usd"]["mean"] for a in pts])
         ax.set_xlabel("allocated cost (USD per run, mean over seeds; log scale)")
         ax.set_ylabel("SLO hit rate (fraction, mean over seeds)")
         ax.set_ylim(-0.02, 1.04)

@@ -22,9 +22,15 @@ import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import click
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from gpufaas.loadgen.scenario import Scenario
+    from gpufaas.platform.profiles import Profiles
 
 from gpufaas.platform.errors import UserError
 
@@ -49,7 +55,8 @@ TARGET_NAMES = {"i": "SLO hit", "ii": "cost", "iii": "alloc/busy", "iv": "decisi
 class Cell:
     """One simulation of the grid: a scenario file under a policy at a load and a seed (None: the
     scenario's), with parameters over the scenario's `params:` for that policy and extra profile
-    folders (`gpufaas sim --set` and `--profiles`)."""
+    folders (`gpufaas sim --set` and `--profiles`), and the tenants and classes whose streams run (empty:
+    all; `gpufaas sim --tenants --classes`)."""
 
     scenario_path: str
     policy: str
@@ -57,6 +64,9 @@ class Cell:
     seed: int | None
     params: tuple[tuple[str, Any], ...] = ()
     profiles: tuple[str, ...] = ()
+    tenants: tuple[str, ...] = ()
+    classes: tuple[str, ...] = ()
+    residency: str | None = None  # the residency policy (`gpufaas sim --residency`); None: the scenario's
 
 
 # ---------------------------------------------------------------- running
@@ -88,7 +98,8 @@ def run_cell(cell: Cell, duration_s: float | None = None) -> dict:
 
     sc = cached_scenario(cell.scenario_path, duration_s)
     r = run_scenario(sc, cell.policy, seed=cell.seed, load=cell.load, policy_params=dict(cell.params) or None,
-                     profiles=cached_profiles(cell.scenario_path, duration_s, cell.profiles))
+                     profiles=cached_profiles(cell.scenario_path, duration_s, cell.profiles), tenants=cell.tenants,
+                     classes=cell.classes, residency=cell.residency)
     return {"scenario": sc.name, **r}
 
 
@@ -108,25 +119,235 @@ def run_grid(cells: list[Cell], jobs: int, duration_s: float | None = None,
     done = 0
     if jobs <= 1:
         for i in order:
-            out[i] = run_cell(cells[i], duration_s)
+            out[i] = r = run_cell(cells[i], duration_s)
             done += 1
             if on_done:
-                on_done(done, len(cells), cells[i], out[i])
+                on_done(done, len(cells), cells[i], r)
         return out  # type: ignore[return-value]
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         futures = {pool.submit(run_cell, cells[i], duration_s): i for i in order}
         try:
             for fut in as_completed(futures):
                 i = futures[fut]
-                out[i] = fut.result()
+                out[i] = r = fut.result()
                 done += 1
                 if on_done:
-                    on_done(done, len(cells), cells[i], out[i])
+                    on_done(done, len(cells), cells[i], r)
         except BaseException:
             # NOTE: one failed cell (or Ctrl-C) ends the run now, not after the minutes the queued cells take
             pool.shutdown(wait=False, cancel_futures=True)
             raise
     return out  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------- running on a Ray cluster
+
+
+def _run_loaded(cell: Cell, scenario: "Scenario", profiles: "Profiles") -> dict:
+    """`run_cell` on a scenario and profiles the caller loaded (a Ray task receives them from the object
+    store, so a node needs gpufaas installed but not the scenario's files)."""
+    from gpufaas.loadgen.simdriver import run_scenario
+
+    r = run_scenario(scenario, cell.policy, seed=cell.seed, load=cell.load, policy_params=dict(cell.params) or None,
+                     profiles=profiles, tenants=cell.tenants, classes=cell.classes)
+    return {"scenario": scenario.name, **r}
+
+
+RAY_CONNECT_TIMEOUT_S = 3.0
+
+
+def connect_ray(address: str) -> bool:
+    """Connect this process to the Ray cluster at `address` ('auto', 'HOST:PORT' or 'ray://HOST:PORT');
+    True when this call connected (the caller disconnects), False when it already was. UserError (one line,
+    exit 2) naming --ray when nothing answers there. Who calls it: `run_grid_ray`."""
+    import logging
+    from urllib.parse import urlsplit
+
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address != "auto":
+        import socket
+
+        u = urlsplit(address if "://" in address else f"tcp://{address}")
+        try:
+            host, port = u.hostname, u.port
+        except ValueError:
+            host = port = None
+        if not host or not port:
+            raise UserError(f"--ray: '{address}' is not an address; give auto, HOST:PORT or ray://HOST:PORT")
+        # NOTE: Ray itself retries an unreachable GCS for about a minute before it gives up; a TCP connect
+        # with a short timeout answers at once and says what was wrong.
+        try:
+            socket.create_connection((host, port), timeout=RAY_CONNECT_TIMEOUT_S).close()
+        except OSError as e:
+            raise UserError(f"--ray: no Ray cluster answers at {address} ({e.strerror or e}); start one with "
+                            "`ray start --head` or give the head's address") from None
+    try:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    except (ConnectionError, RuntimeError, TimeoutError, ValueError) as e:
+        raise UserError(f"--ray: cannot connect to the Ray cluster at {address}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return True
+
+
+def run_grid_ray(cells: list[Cell], address: str, duration_s: float | None = None,
+                 on_done: Callable[[int, int, Cell, dict], None] | None = None) -> list[dict]:
+    """Every cell's report, in the order of `cells`, each cell one Ray task (one CPU) on the cluster at
+    `address`: the same numbers as `run_grid` at the same seeds (a cell depends only on its scenario,
+    policy, load, seed and parameters). Scenarios and profiles are loaded here once and shipped through
+    the object store. `on_done` as in `run_grid`, as each task finishes. Who calls it: `gpufaas sim --ray`.
+    What it changes: connects to the cluster (and disconnects if it connected)."""
+    import ray
+
+    connected = connect_ray(address)
+    try:
+        task = ray.remote(num_cpus=1, max_retries=0)(_run_loaded)
+        loaded: dict[tuple, tuple] = {}
+        order = sorted(range(len(cells)), key=lambda i: -_weight(cells[i], duration_s))
+        refs = {}
+        for i in order:
+            c = cells[i]
+            key = (c.scenario_path, c.profiles)
+            if key not in loaded:
+                loaded[key] = (ray.put(cached_scenario(c.scenario_path, duration_s)),
+                               ray.put(cached_profiles(c.scenario_path, duration_s, c.profiles)))
+            refs[task.remote(c, *loaded[key])] = i
+        out: list[dict | None] = [None] * len(cells)
+        pending = list(refs)
+        try:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                for ref in ready:
+                    i = refs[ref]
+                    out[i] = r = ray.get(ref)
+                    if on_done:
+                        on_done(len(cells) - len(pending), len(cells), cells[i], r)
+        except BaseException:
+            # NOTE: as with the process pool: one failed cell (or Ctrl-C) ends the run now
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+        return out  # type: ignore[return-value]
+    finally:
+        if connected:
+            ray.shutdown()
+
+
+# ---------------------------------------------------------------- seeds: mean and 95 % interval
+
+# NOTE: two-sided 95 % critical values of Student's t distribution by degrees of freedom, from the
+# NIST/SEMATECH e-Handbook of Statistical Methods, section 1.3.6.7.2 (Critical Values of the Student's t
+# Distribution), 0.975 column. Between tabulated df the next lower one is used (a slightly wider,
+# conservative interval). A table, not scipy: scipy is not a dependency, and these are 34 numbers.
+# tests/test_eval_seeds.py checks them against a numerical integration of the t density.
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
+        20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048,
+        29: 2.045, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
+Z975 = 1.960  # df -> infinity
+
+
+def t975(df: int) -> float:
+    """The 0.975 quantile of Student's t with `df` (>= 1) degrees of freedom (table `T975`)."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    if df > 120:
+        return Z975
+    return T975[max(k for k in T975 if k <= df)]
+
+
+def mean_ci95(xs: list[float]) -> dict:
+    """Mean, sample standard deviation and the 95 % confidence interval of the mean over `xs` (the runs at
+    several seeds): mean +- t(0.975, n-1) * sd / sqrt(n) (Student 1908). With one value the interval is
+    None (there is no spread to estimate). Pure; `summarize_seeds` and the tests call it."""
+    import math
+
+    n = len(xs)
+    if n == 0:
+        raise ValueError("mean_ci95: no values")
+    mean = sum(xs) / n
+    if n == 1:
+        return {"mean": mean, "n": 1, "sd": None, "half_width": None, "ci95": None}
+    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
+    hw = t975(n - 1) * sd / math.sqrt(n)
+    return {"mean": mean, "n": n, "sd": sd, "half_width": hw, "ci95": [mean - hw, mean + hw]}
+
+
+SEED_FIELDS = {"slo_hit_rate": lambda r: r["slo_hit_rate"], "allocated_usd": lambda r: r["cost"]["allocated_usd"],
+               "busy_usd": lambda r: r["cost"]["busy_usd"], "p50_ms": lambda r: r["latency_ms"]["p50"],
+               "p99_ms": lambda r: r["latency_ms"]["p99"], "cold_starts": lambda r: r["cold_starts"],
+               "invocations": lambda r: r["invocations"]}
+
+
+def summarize_seeds(results: Iterable[dict]) -> list[dict]:
+    """Per (scenario, policy, load), in first-seen order: the seeds and `mean_ci95` of each of
+    `SEED_FIELDS` over them. Pure; called by `gpufaas sim --seeds` (table, JSON `summary`, plot)."""
+    groups: dict[tuple[str, str, float, str | None], list[dict]] = {}
+    for r in results:  # NOTE: per residency policy too (`gpufaas sim --residency`): each is its own row
+        groups.setdefault((r["scenario"], r["policy"], float(r["load"]), r.get("residency")), []).append(r)
+    out = []
+    for (scenario, policy, load, residency), rs in groups.items():
+        s: dict[str, Any] = {"scenario": scenario, "policy": policy, "residency": residency, "load": load, "seeds": [r["seed"] for r in rs]}
+        for name, get in SEED_FIELDS.items():
+            vals = [get(r) for r in rs]
+            s[name] = mean_ci95([float(v) for v in vals if v is not None]) if any(v is not None for v in vals) else None
+        out.append(s)
+    return out
+
+
+# ---------------------------------------------------------------- what reproduces a result
+
+
+def git_revision(folder: str | Path | None = None) -> str | None:
+    """HEAD of the checkout holding `folder` (default: this module's folder, i.e. the checkout gpufaas runs
+    from); None outside a git checkout (an installed wheel, even one in a venv inside some repository) or
+    without git."""
+    import subprocess
+
+    here = Path(folder) if folder is not None else Path(__file__).resolve().parent
+    if "site-packages" in here.parts:
+        return None
+    try:
+        p = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return p.stdout.strip() if p.returncode == 0 and p.stdout.strip() else None
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def run_meta(scenario_sha256: str | dict[str, str], seed: int | list[int] | None, params: dict) -> dict:
+    """The `meta` every JSON result carries, what reproduces it: gpufaas `version`, `git` revision (None
+    outside a checkout), `scenario_sha256` (one file's, or per scenario name), `seed` (one, or the list run),
+    the policies' effective `params`, the `python` and `torch` versions. Who calls it: `gpufaas sim --json`,
+    `--report` and `gpufaas results --json-out`. Changes nothing (runs `git rev-parse`)."""
+    import platform as std_platform  # NOTE: the standard library's; gpufaas.platform is always imported by full name
+    from importlib.metadata import PackageNotFoundError, version
+
+    def ver(pkg: str) -> str | None:
+        try:
+            return version(pkg)
+        except PackageNotFoundError:
+            return None
+
+    return {"version": ver("gpufaas"), "git": git_revision(), "scenario_sha256": scenario_sha256, "seed": seed,
+            "params": params, "python": std_platform.python_version(), "torch": ver("torch")}
+
+
+def effective_params(scenario: "Scenario", policies: Iterable[str], overrides: dict[str, dict] | None = None) -> dict[str, dict]:
+    """Per policy: every parameter it runs with (its defaults, the scenario's `params:`, then `overrides`),
+    validated; JSON-able. Raises UserError as `Registry.check` does."""
+    from gpufaas.platform.policy.registry import builtin_registry
+
+    reg = builtin_registry()
+    return {p: reg.check(p, {**scenario.params.get(p, {}), **(overrides or {}).get(p, {})}).model_dump(mode="json")
+            for p in policies}
 
 
 # ---------------------------------------------------------------- aggregation and targets
@@ -242,7 +463,20 @@ def _split(value: str, flag: str, conv: Callable, ok: Callable, what: str) -> li
     return out
 
 
+def bar_on_done(bar: "Progress", total: int, what: str) -> Callable[[int, int, Cell, dict], None]:
+    """An `on_done` for `run_grid` that adds a task of `total` cells to `bar` (a rich Progress) and moves it
+    on after each cell, naming the last one. Who calls it: `gpufaas sim` and `gpufaas results`."""
+    task = bar.add_task(what, total=total, info="")
+
+    def on_done(done: int, _total: int, cell: Cell, r: dict) -> None:
+        seed = f" seed {cell.seed}" if cell.seed is not None else ""
+        bar.update(task, completed=done, info=f"last: {r['scenario']} {cell.policy} load {cell.load:g}{seed}, "
+                                              f"hit {r['slo_hit_rate']:.3f}")
+    return on_done
+
+
 def _progress(t0_ns: int) -> Callable[[int, int, Cell, dict], None]:
+    """One line per finished cell on stderr: what `gpufaas results` prints when stderr is no terminal (logs)."""
     from gpufaas.platform.clock import perf_ns
 
     def on_done(done: int, total: int, cell: Cell, r: dict) -> None:
@@ -269,8 +503,8 @@ def print_targets(checks: list[dict]) -> None:
     for (sc, load), cs in rows.items():
         cells = []
         for k in TARGET_NAMES:
-            c = cs.get(k)
-            cells.append("" if c is None else f"[{'green' if c['met'] else 'red'}]{'MET' if c['met'] else 'MISSED'}[/] {c['summary']}")
+            got = cs.get(k)
+            cells.append("" if got is None else f"[{'green' if got['met'] else 'red'}]{'MET' if got['met'] else 'MISSED'}[/] {got['summary']}")
         t.add_row(sc, f"{load:g}", *cells)
     con = Console(width=max(200, Console().width))
     con.print(t)
@@ -300,6 +534,7 @@ def COMMAND(scenarios: str, policies: str, loads: str, seeds: str, jobs: int | N
     A quick look:
       gpufaas results --scenarios chain --loads 1 --seeds 1 --duration 20 --no-readme --plot /tmp/p.png
     """
+    from gpufaas.gateway.cli import progress
     from gpufaas.loadgen import report
     from gpufaas.platform.clock import perf_ns
     from gpufaas.platform.policy.registry import builtin_registry
@@ -335,13 +570,16 @@ def COMMAND(scenarios: str, policies: str, loads: str, seeds: str, jobs: int | N
     cells = [Cell(p, pol, ld, sd) for p in paths for ld in load_list for pol in names for sd in seed_list]
     t0 = perf_ns()
     click.echo(f"{len(cells)} cells on {min(jobs, len(cells))} worker(s)", err=True)
-    results = run_grid(cells, min(jobs, len(cells)), duration_s, _progress(t0))
+    # NOTE: a bar on a terminal; off one (a log of `make results`), the one line per cell it always printed
+    with progress.make(False) as bar:
+        on_done = bar_on_done(bar, len(cells), "results") if progress.shown() else _progress(t0)
+        results = run_grid(cells, min(jobs, len(cells)), duration_s, on_done)
     agg = aggregate(results)
     checks = evaluate_targets(agg)
     scen = [cached_scenario(p, duration_s) for p in paths]
     meta = {"generated_on": datetime.date.today().isoformat(),
             "scenarios": [{"name": s.name, "description": s.description, "duration_s": s.duration_s,
-                           "warmup_s": s.effective_warmup_s() if hasattr(s, "effective_warmup_s") else 0.0} for s in scen],
+                           "warmup_s": s.effective_warmup_s()} for s in scen],
             "policies": names, "loads": load_list, "seeds": seed_list, "wall_s": round((perf_ns() - t0) / 1e9, 1)}
     report.write_pareto_plot(plot_path, list(agg.values()), [s.name for s in scen])
     if readme_text is not None:
@@ -351,8 +589,10 @@ def COMMAND(scenarios: str, policies: str, loads: str, seeds: str, jobs: int | N
         # (a copy read at the start would silently undo those edits)
         Path(readme).write_text(replace_block(Path(readme).read_text(), block))
     if json_out:
+        repro = run_meta({s.name: file_sha256(p) for s, p in zip(scen, paths)}, seed_list,
+                         {s.name: effective_params(s, names) for s in scen})
         with open(json_out, "w") as f:
-            json.dump({**meta, "results": results, "targets": checks}, f, indent=1)
+            json.dump({**meta, "meta": repro, "results": results, "targets": checks}, f, indent=1)
             f.write("\n")
     print_targets(checks)
     click.echo(f"done in {meta['wall_s']:.0f} s", err=True)

@@ -6,32 +6,42 @@ stops every instance and returns the accounting report, which leaves out the sce
 (`Accounting.warmup_end_ns`). Profiles come from the scenario's own `profiles:` folder (and any
 folders the caller adds, such as `gpufaas sim --profiles`) before the shipped ones.
 
+Tenants: the controller gets the scenario's weights and share caps (`Controller.set_tenants`); a tenant's
+`max_concurrency` and `rate_rps` are applied at arrival by the gateway's own admission code
+(`gateway.tenants.Admission`), and an invocation refused there counts as rejected with the limit it hit.
+`tenants`/`classes` keep only those tenants' streams, or only those classes' (`gpufaas sim --tenants
+--classes`), each stream with the arrivals it has in the whole run.
+
 Who calls it: `gpufaas sim`, `gpufaas bench sim`, the tests.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
-from gpufaas.loadgen.scenario import Scenario
+from gpufaas.gateway.tenants import Admission, QuotaExceeded, Tenant
+from gpufaas.loadgen.scenario import Scenario, add_variant_profiles, target_filter, tenant_shares
 from gpufaas.loadgen.workload import arrivals
 from gpufaas.platform.backends.sim import SimBackend
 from gpufaas.platform.clock import NS_PER_MS, NS_PER_S, VirtualClock, perf_ns
 from gpufaas.platform.controller import Controller
 from gpufaas.platform.policy.registry import builtin_registry
 from gpufaas.platform.profiles import Profiles
+from gpufaas.platform.residency.registry import make_residency
+from gpufaas.platform.runtime import Invocation
 
 
-def build_policy(scenario: Scenario, name: str, load: float = 1.0, **overrides: Any):
+def build_policy(scenario: Scenario, name: str, load: float = 1.0, keep: frozenset[int] | None = None, **overrides: Any):
     """The named policy with the scenario's parameters for it; policies whose constructor takes
-    `rates_rps` (offline-tuned ones) get the workload's mean rate per workflow at this load."""
+    `rates_rps` (offline-tuned ones) get the workload's mean rate per workflow at this load (of the
+    targets in `keep`, when given: `target_filter`)."""
     reg = builtin_registry()
     params = dict(scenario.params.get(name, {}))
     params.update(overrides)
     policy = reg.make(name, **params)
     if hasattr(policy, "tune"):
-        policy.tune(scenario=scenario, rates_rps=scenario.workload.mean_rates_rps(load, scenario.duration_s))
+        policy.tune(scenario=scenario, rates_rps=scenario.workload.mean_rates_rps(load, scenario.duration_s, keep))
     return policy
 
 
@@ -40,43 +50,72 @@ def scenario_profiles(scenario: Scenario, extra_dirs: Iterable[str | Path] = ())
     `profiles:` folder, then the shipped ones. Who calls it: `build_controller`, `gpufaas sim` (once per
     command, so a sweep loads the folders once)."""
     dirs = [*extra_dirs, *([scenario.profiles] if scenario.profiles else [])]
-    return Profiles.with_dirs(dirs)
+    return add_variant_profiles(scenario, Profiles.with_dirs(dirs))
 
 
 def build_controller(scenario: Scenario, policy: Any, clock: VirtualClock, profiles: Profiles | None = None,
-                     check_purity: bool = False) -> Controller:
+                     check_purity: bool = False, residency: str | None = None) -> Controller:
     """A controller on the sim backend with the scenario's functions and workflows deployed; `profiles`
-    defaults to `scenario_profiles(scenario)`."""
+    defaults to `scenario_profiles(scenario)`, `residency` to the scenario's."""
     ctl = Controller(scenario.cluster, profiles or scenario_profiles(scenario), policy, SimBackend(clock), clock,
-                     keep_alive_s=scenario.keep_alive_s, check_purity=check_purity)
+                     keep_alive_s=scenario.keep_alive_s, check_purity=check_purity,
+                     residency=make_residency(residency or scenario.residency))
     for f in scenario.functions:
         ctl.deploy_function(f)
     for w in scenario.workflows:
         ctl.deploy_workflow(w)
+    if scenario.tenants:
+        ctl.set_tenants(tenant_shares(scenario))
     return ctl
 
 
 def run_scenario(scenario: Scenario, policy_name: str, *, seed: int | None = None, load: float = 1.0,
                  check_purity: bool = False, check_invariants: bool = False, policy_params: dict | None = None,
-                 on_event: Any = None, profiles: Profiles | None = None) -> dict:
-    """Simulate `scenario` under `policy_name`; returns the report dict of `gpufaas sim --json`.
+                 on_event: Any = None, profiles: Profiles | None = None, tenants: tuple[str, ...] = (),
+                 classes: tuple[str, ...] = (), on_end: Callable[[Invocation], None] | None = None,
+                 residency: str | None = None) -> dict:
+    """Simulate `scenario` under `policy_name` and `residency` (default: the scenario's); returns the report
+    dict of `gpufaas sim --json`, which names its `residency`.
+    `on_end(invocation)` is called as each invocation ends (`gpufaas fidelity`'s per-workflow latencies).
     `profiles` defaults to `scenario_profiles(scenario)`. The report leaves out the warm-up
-    (`Scenario.effective_warmup_s`; SpecError when it is not shorter than the duration)."""
+    (`Scenario.effective_warmup_s`; SpecError when it is not shorter than the duration). `tenants` and
+    `classes` keep only those tenants' or classes' streams (`target_filter`; UserError naming the flag)."""
     t0 = perf_ns()
     warmup_end_ns = int(scenario.effective_warmup_s() * NS_PER_S)
+    keep = target_filter(scenario, tenants, classes)
     clock = VirtualClock()
-    policy = build_policy(scenario, policy_name, load, **(policy_params or {}))
-    ctl = build_controller(scenario, policy, clock, profiles, check_purity=check_purity)
+    policy = build_policy(scenario, policy_name, load, keep, **(policy_params or {}))
+    residency = residency or scenario.residency
+    ctl = build_controller(scenario, policy, clock, profiles, check_purity=check_purity, residency=residency)
     ctl.acct.warmup_end_ns = warmup_end_ns
     seed = scenario.seed if seed is None else seed
     targets = scenario.workload.targets()  # streams, then traces' workflows (loadgen.workload.arrivals)
     slos = [t.slo_ms for t in targets]
     names = [t.workflow for t in targets]
-    it = arrivals(scenario.workload, seed, scenario.duration_s, load)
+    it = arrivals(scenario.workload, seed, scenario.duration_s, load, keep)
     submit = ctl.submit
+    # NOTE: only tenants with an admission limit go through Admission; the others keep the plain submit
+    limited = {name: Tenant(name, False, lim) for name, lim in scenario.tenants.items()
+               if lim.max_concurrency is not None or lim.rate_rps is not None}
+    gate = [limited.get(t.tenant) for t in targets]
+    admission = Admission()
+
+    def ended(inv: Any) -> None:
+        admission.release(inv.tenant)
+        if on_end is not None:
+            on_end(inv)
 
     def arrive(stream_index: int) -> None:
-        submit(names[stream_index], slo_ms=slos[stream_index])
+        tenant = gate[stream_index]
+        if tenant is None:
+            submit(names[stream_index], slo_ms=slos[stream_index], on_done=on_end)
+        else:
+            try:
+                admission.admit(tenant, clock.now_ns(), 0.0)
+            except QuotaExceeded as e:
+                ctl.refuse_invocation(names[stream_index], e.limit, str(e), slos[stream_index])
+            else:
+                submit(names[stream_index], slo_ms=slos[stream_index], on_done=ended)
         if check_invariants:
             ctl.check_invariants()
         nxt = next(it, None)
@@ -98,7 +137,7 @@ def run_scenario(scenario: Scenario, policy_name: str, *, seed: int | None = Non
     if check_invariants:
         ctl.check_invariants()
     ctl.shutdown()
-    report = {"policy": policy_name, "load": load, "seed": seed}
+    report = {"policy": policy_name, "residency": residency, "load": load, "seed": seed}
     report.update(ctl.acct.report())
     report["sim_wall_s"] = round((perf_ns() - t0) / 1e9, 3)
     report["sim_end_s"] = round(clock.now_ns() / NS_PER_S, 3)

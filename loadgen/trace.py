@@ -22,7 +22,7 @@ import zlib
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import IO, Iterator, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -31,6 +31,7 @@ from gpufaas.platform.clock import NS_PER_S
 from gpufaas.platform.errors import SpecError
 from gpufaas.platform.shipped import package_root
 from gpufaas.platform.specs import Spec
+from gpufaas.platform.units import MAX_DURATION_MS
 
 REPO_ROOT = package_root()
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -65,13 +66,19 @@ def _minute_of(col: str) -> int | None:
     return int(c) if c.isdigit() else None
 
 
+def _csv_header(fh: IO[str], path: str, expected: str) -> tuple[Iterator[list[str]], list[str]]:
+    """The CSV reader over `fh` and its header row; SpecError naming `expected` when the file is empty."""
+    rows = csv.reader(fh)
+    header = next(rows, None)
+    if not header:
+        raise SpecError(f"{path}: empty file; expected {expected}")
+    return rows, header
+
+
 @functools.lru_cache(maxsize=8)
 def _read_azure_cached(path: str, mtime_ns: int) -> AzureTrace:
     with open(path, newline="") as fh:
-        rows = csv.reader(fh)
-        header = next(rows, None)
-        if not header:
-            raise SpecError(f"{path}: empty file; expected an Azure 2019 invocations CSV (HashOwner,HashApp,HashFunction,Trigger,1,2,...)")
+        rows, header = _csv_header(fh, path, "an Azure 2019 invocations CSV (HashOwner,HashApp,HashFunction,Trigger,1,2,...)")
         if "HashFunction" not in header:
             raise SpecError(f"{path}: row 1: no HashFunction column; expected the Azure 2019 invocations_per_function_md header "
                             "(HashOwner,HashApp,HashFunction,Trigger,<minute>,...)")
@@ -81,7 +88,7 @@ def _read_azure_cached(path: str, mtime_ns: int) -> AzureTrace:
             raise SpecError(f"{path}: row 1: column '{bad[0]}' is not a minute number; per-minute columns must be named 1..1440 (or minute_N)")
         if not minute_cols:
             raise SpecError(f"{path}: row 1: no per-minute count columns after HashOwner,HashApp,HashFunction,Trigger")
-        minutes = [m for _, m in minute_cols]
+        minutes = [m for _, m in minute_cols if m is not None]  # all are, after the check above
         if minutes != list(range(minutes[0], minutes[0] + len(minutes))):
             raise SpecError(f"{path}: row 1: minute columns are not consecutive ({minutes[0]}..{minutes[-1]}); fix the header")
         idx = [i for i, _ in minute_cols]
@@ -131,10 +138,7 @@ def _parse_time(v: str, scale: float | None) -> float:
 @functools.lru_cache(maxsize=8)
 def _read_timestamps_cached(path: str, mtime_ns: int) -> TimestampTrace:
     with open(path, newline="") as fh:
-        rows = csv.reader(fh)
-        header = next(rows, None)
-        if not header:
-            raise SpecError(f"{path}: empty file; expected a CSV with a header naming a time column (t_s, t_ms or timestamp)")
+        rows, header = _csv_header(fh, path, "a CSV with a header naming a time column (t_s, t_ms or timestamp)")
         lower = [h.strip().lower() for h in header]
         tcol = next((i for i, h in enumerate(lower) if h in _TIME_COLUMNS), None)
         if tcol is None:
@@ -160,12 +164,12 @@ def _read_timestamps_cached(path: str, mtime_ns: int) -> TimestampTrace:
                 wfs.append(row[wcol].strip())
     if not times:
         raise SpecError(f"{path}: no rows below the header")
-    t = np.asarray(times, dtype=np.float64)
-    order = np.argsort(t, kind="stable")
-    t = t[order] - t[order[0]]
-    t.flags.writeable = False
+    raw = np.asarray(times, dtype=np.float64)
+    order = np.argsort(raw, kind="stable")
+    rel_s = raw[order] - raw[order[0]]
+    rel_s.flags.writeable = False
     w = tuple(wfs[i] for i in order) if wcol is not None else None
-    return TimestampTrace(path, t, w)
+    return TimestampTrace(path, rel_s, w)
 
 
 def read_timestamps(path: str | Path) -> TimestampTrace:
@@ -231,7 +235,8 @@ class TraceSpec(Spec):
     start_s: float = Field(0.0, ge=0, description="timestamps: skip this many trace seconds before replay starts")
     time_scale: float = Field(1.0, gt=0, description="trace seconds per run second (>1: faster)")
     rate_scale: float = Field(1.0, gt=0, description="multiply the invocation counts (timestamps: <= 1, thinning)")
-    slo_ms: float | None = Field(None, gt=0, description="per-request SLO override (default: the workflow's)")
+    slo_ms: float | None = Field(None, gt=0, le=MAX_DURATION_MS, description="per-request SLO override (default: the workflow's)")
+    tenant: str = Field("default", description="the tenant whose copies of `workflows` the trace invokes (scenario `tenants:`)")
 
     @model_validator(mode="after")
     def _check(self) -> "TraceSpec":

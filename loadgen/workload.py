@@ -22,6 +22,7 @@ from gpufaas.loadgen import arrivals as ap
 from gpufaas.loadgen.trace import TraceSpec
 from gpufaas.platform.clock import NS_PER_S
 from gpufaas.platform.specs import Spec
+from gpufaas.platform.units import MAX_DURATION_MS
 
 
 class StreamSpec(Spec):
@@ -35,7 +36,8 @@ class StreamSpec(Spec):
     mmpp_dwell_s: float = Field(10.0, gt=0, description="mmpp only: mean time spent at one rate, seconds")
     start_s: float = Field(0.0, ge=0, description="when the stream starts, seconds from the run's start")
     duration_s: float | None = Field(None, gt=0, description="how long it runs; default: until the run ends")
-    slo_ms: float | None = Field(None, gt=0, description="per-request SLO override (default: the workflow's)")
+    slo_ms: float | None = Field(None, gt=0, le=MAX_DURATION_MS, description="per-request SLO override (default: the workflow's)")
+    tenant: str = Field("default", description="the tenant whose copy of `workflow` the stream invokes (scenario `tenants:`)")
 
     @model_validator(mode="after")
     def _check(self) -> "StreamSpec":
@@ -60,10 +62,12 @@ class StreamSpec(Spec):
 
 
 class Target(NamedTuple):
-    """Where one arrival goes: a workflow and an optional per-request SLO override (ms)."""
+    """Where one arrival goes: a workflow, an optional per-request SLO override (ms), and the tenant of the
+    stream or trace it comes from."""
 
     workflow: str
     slo_ms: float | None
+    tenant: str = "default"
 
 
 # NOTE: traces draw from seeds far from the streams' (seed + 31 * (TRACE_SEED_BASE + j)), so adding a
@@ -85,9 +89,9 @@ class WorkloadSpec(Spec):
 
     def targets(self) -> list[Target]:
         """What `arrivals()` indexes: one per stream, then one per workflow of each trace, in order."""
-        out = [Target(s.workflow, s.slo_ms) for s in self.streams]
+        out = [Target(s.workflow, s.slo_ms, s.tenant) for s in self.streams]
         for tr in self.traces:
-            out.extend(Target(w, tr.slo_ms) for w in tr.workflows)
+            out.extend(Target(w, tr.slo_ms, tr.tenant) for w in tr.workflows)
         return out
 
     def check_load(self, load: float, flag: str) -> None:
@@ -100,15 +104,21 @@ class WorkloadSpec(Spec):
         """Every workflow this workload invokes."""
         return {t.workflow for t in self.targets()}
 
-    def mean_rates_rps(self, load: float = 1.0, duration_s: float | None = None) -> dict[str, float]:
+    def mean_rates_rps(self, load: float = 1.0, duration_s: float | None = None,
+                       keep: frozenset[int] | None = None) -> dict[str, float]:
         """Offered mean rate per workflow (streams and traces of one workflow add up); a trace's rate is
-        its mean over the first `duration_s` run seconds (default: all of it)."""
+        its mean over the first `duration_s` run seconds (default: all of it). `keep`: only these target
+        indices (see `arrivals`)."""
         out: dict[str, float] = {}
-        for s in self.streams:
-            out[s.workflow] = out.get(s.workflow, 0.0) + s.rate_rps * load
+        for i, s in enumerate(self.streams):
+            if keep is None or i in keep:
+                out[s.workflow] = out.get(s.workflow, 0.0) + s.rate_rps * load
+        i = len(self.streams)
         for tr in self.traces:
             for w, r in zip(tr.workflows, tr.mean_rates_rps(load, duration_s)):
-                out[w] = out.get(w, 0.0) + r
+                if keep is None or i in keep:
+                    out[w] = out.get(w, 0.0) + r
+                i += 1
         return out
 
     def resolved(self, base: Path | None, source: str) -> "WorkloadSpec":
@@ -120,10 +130,16 @@ class WorkloadSpec(Spec):
         return self.model_copy(update={"traces": traces})
 
 
-def arrivals(workload: WorkloadSpec, seed: int, duration_s: float, load: float = 1.0) -> Iterator[tuple[int, int]]:
+def arrivals(workload: WorkloadSpec, seed: int, duration_s: float, load: float = 1.0,
+             keep: frozenset[int] | None = None) -> Iterator[tuple[int, int]]:
     """Merged, time-ordered `(t_ns, target_index)` over all streams and traces, up to `duration_s`. Lazy.
 
-    `target_index` indexes `workload.targets()` (for a workload of streams only: the stream's index)."""
+    `target_index` indexes `workload.targets()` (for a workload of streams only: the stream's index).
+    `keep`: only arrivals for these target indices (`gpufaas sim --tenants/--classes`); every stream and
+    trace keeps its own seed, so a kept stream's arrivals are the same as in the whole run."""
+    if keep is not None:
+        yield from ((t, i) for t, i in arrivals(workload, seed, duration_s, load) if i in keep)
+        return
     end_all_ns = int(duration_s * NS_PER_S)
     heap: list[tuple[int, int, Iterator[float], int]] = []
     for i, s in enumerate(workload.streams):

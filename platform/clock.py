@@ -112,7 +112,7 @@ class VirtualClock:
                     cb()
                 continue
             if heap[0][0] > limit:
-                self._now_ns = until_ns
+                self._now_ns = int(limit)  # finite here: a callback lies after it
                 break
             when_ns, _, handle, callback, args = pop(heap)
             if handle is not None and handle.cancelled:
@@ -121,6 +121,15 @@ class VirtualClock:
             callback(*args)
             n += 1
         self.events_run += n
+
+
+class _LazyLoop:
+    """Stands for "the loop running when the clock is first used" (see LoopClock.__init__)."""
+
+    def __getattr__(self, name: str) -> Any:
+        import asyncio
+
+        return getattr(asyncio.get_running_loop(), name)
 
 
 class LoopClock:
@@ -133,7 +142,14 @@ class LoopClock:
     def __init__(self, loop: Any | None = None) -> None:
         import asyncio
 
-        self._loop = loop or asyncio.get_event_loop()
+        # NOTE: without `loop`, the running loop; built outside one (a test's set-up), the loop is taken at the
+        # first call instead (asyncio.get_event_loop() without a running loop is deprecated and may raise).
+        if loop is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = _LazyLoop()
+        self._loop = loop
 
     # NOTE(gateway): uvloop's loop.time() is libuv's cached uv_now(): millisecond resolution, refreshed once
     # per loop iteration, so every live latency and stage time came out as whole milliseconds. The clock

@@ -12,16 +12,19 @@ in `runtime.py`, and the `Accounting`.
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from gpufaas.platform.accounting import Accounting
 from gpufaas.platform.clock import Clock, Handle, ms_to_ns, perf_ns
 from gpufaas.platform.decisions import Decisions, Dispatch, Reject, Start, Stop
 from gpufaas.platform.errors import SpecError, UserError
 from gpufaas.platform.profiles import Profiles
+from gpufaas.platform.residency.interface import Residency
+from gpufaas.platform.residency.registry import make_residency
 from gpufaas.platform.runtime import (AfwQueue, Batch, FunctionRt, Gpu, Instance, InstanceState, Invocation,
                                       InvocationStatus, Job, WorkflowRt, build_gpus)
 from gpufaas.platform.specs import ClusterSpec, FunctionSpec, WorkflowSpec
+from gpufaas.platform.tenancy import Tenancy, TenantShare
 from gpufaas.platform.views import ClusterView
 
 if TYPE_CHECKING:  # the seams' protocols (annotations only: no import cycle through the policy package)
@@ -33,6 +36,8 @@ if TYPE_CHECKING:  # the seams' protocols (annotations only: no import cycle thr
 # job: a global read instead of a global read plus a class-attribute read.
 _STARTING, _IDLE, _BUSY, _STOPPED = InstanceState.STARTING, InstanceState.IDLE, InstanceState.BUSY, InstanceState.STOPPED
 _PENDING, _COMPLETED = InvocationStatus.PENDING, InvocationStatus.COMPLETED
+_SHED_REASON = {InvocationStatus.FAILED: "failed", InvocationStatus.REJECTED: "rejected",
+                InvocationStatus.TIMED_OUT: "timed_out"}  # Accounting.SHED_REASONS
 
 
 class PolicyPurityError(AssertionError):
@@ -43,13 +48,17 @@ class Controller:
     """The control plane of one cluster. See the module docstring for who calls what."""
 
     def __init__(self, cluster: ClusterSpec, profiles: Profiles, policy: Policy, backend: Backend, clock: Clock, *,
-                 keep_alive_s: float = 60.0, max_retries: int = 1, check_purity: bool = False, live: bool = False) -> None:
+                 keep_alive_s: float = 60.0, max_retries: int = 1, check_purity: bool = False, live: bool = False,
+                 residency: Residency | None = None) -> None:
         self.cluster = cluster
         self.profiles = profiles
         self.policy = policy
         self.backend = backend
         self.clock = clock
         self.keep_alive_s = keep_alive_s
+        # which idle instances stay resident and for how long (platform/residency/); `fixed` = keep-alive only
+        self.residency: Residency = residency if residency is not None else make_residency()
+        self._res_learns = self.residency.learns
         self.max_retries = max_retries
         self.check_purity = check_purity
         self.live = live  # keep per-stage outputs and timings (the gateway needs them; the simulator does not)
@@ -65,10 +74,13 @@ class Controller:
         # idle, warm, not stopping, empty backlog: ready for a batch now (insertion order = idle since)
         self.idle_by_fn: dict[str, dict[int, Instance]] = {}
         self.starting_by_fn: dict[str, int] = {}
+        self._last_config: dict[str, tuple[str, int, int]] = {}
+        self._made_room_ns: dict[str, int] = {}  # function -> when evictions last made room for it  # function -> (GPU type, units, max_batch) of its last start
         self.ready_queues: dict[tuple[str, str], AfwQueue] = {}
         self.jobs: dict[int, Job] = {}
         self.inflight: dict[int, Invocation] = {}
         self.acct = Accounting()
+        self.tenancy = Tenancy(self)
         self.view = ClusterView(self)
         self._ids = itertools.count(1)
         self._pass_scheduled = False
@@ -80,17 +92,15 @@ class Controller:
         self._quiet = False
         self._pull = False
         self.queued_by_fn: dict[str, int] = {}  # jobs in the queues, per function
-        # NOTE: a backend that sets `takes_not_before = True` (the sim backend) starts a batch at
+        # NOTE: a backend with `takes_not_before = True` (the sim backend) starts a batch at
         # batch.not_before_ns itself, which saves the simulator one event per batch whose inputs are in
         # transfer; live backends get the batch when its inputs have arrived.
-        self._backend_waits = bool(getattr(backend, "takes_not_before", False))
+        self._backend_waits = backend.takes_not_before
         # bumped whenever an instance starts, becomes ready, goes idle or stops: a policy can skip work
         # that depends only on capacity while the epoch is unchanged
         self.capacity_epoch = 0
         self.on_instance_event: Callable[[str, Instance], None] | None = None  # hook for metrics
-        bind = getattr(backend, "bind", None)
-        if bind is not None:
-            bind(self)
+        backend.bind(self)
         self.state = policy.initial_state(self.view)
 
     # ------------------------------------------------------------------ deployment
@@ -108,6 +118,8 @@ class Controller:
         self.idle_by_fn.setdefault(spec.name, {})
         self.queued_by_fn.setdefault(spec.name, 0)
         self.starting_by_fn.setdefault(spec.name, 0)
+        self.tenancy.refresh()
+        self._top_up(fn)
         return fn
 
     def deploy_workflow(self, spec: WorkflowSpec, *, replace: bool = False) -> WorkflowRt:
@@ -121,6 +133,7 @@ class Controller:
         for s in wf.stages:
             s.queue = AfwQueue(wf, s)
         self.workflows[spec.name] = wf
+        self.tenancy.refresh()
         return wf
 
     def remove_workflow(self, name: str) -> None:
@@ -130,6 +143,7 @@ class Controller:
         if any(inv.workflow is wf for inv in self.inflight.values()):
             raise UserError(f"workflow '{name}' has invocations in flight; retry once they finish")
         del self.workflows[name]
+        self.tenancy.refresh()
 
     def remove_function(self, name: str) -> None:
         if name not in self.functions:
@@ -144,6 +158,16 @@ class Controller:
         self.idle_by_fn.pop(name, None)
         self.queued_by_fn.pop(name, None)
         self.starting_by_fn.pop(name, None)
+        self.tenancy.refresh()
+
+    def set_tenants(self, shares: Mapping[str, TenantShare]) -> None:
+        """Replace every tenant's weight and share cap (a tenant not in `shares` has the defaults: weight 1, no
+        cap). Who calls it: the gateway when its tenant table changes, the simulator from the scenario's
+        `tenants:`. Instances already held above a new cap stay; further Starts are refused (`tenancy`)."""
+        self.tenancy.set_shares(shares)
+        self._drop_rules()
+        if self.ready_queues:
+            self._request_pass()
 
     # ------------------------------------------------------------------ invocations
 
@@ -160,7 +184,7 @@ class Controller:
             inv.outputs = [None] * len(wf.stages)
             inv.stage_ns = [(-1, -1)] * len(wf.stages)
         if now >= self.acct.warmup_end_ns:  # Accounting.warmup_end_ns
-            self.acct.invocations += 1
+            self.acct.arrived(inv.tenant, inv.priority)
         self.inflight[inv.id] = inv
         for e in wf.entries:
             self._enqueue(inv, wf.stages[e], now)
@@ -171,6 +195,8 @@ class Controller:
         if job is None:
             job = Job(next(self._ids), inv, stage, q, now)
             q.note_arrival(now)
+            if self._res_learns:
+                self.residency.observe_arrival(self.functions[q.function], now)
         if front:
             q.jobs.appendleft(job)
         else:
@@ -204,25 +230,7 @@ class Controller:
         inv.status = status
         inv.finish_ns = now
         inv.reason = reason
-        acct = self.acct
-        if inv.arrival_ns >= acct.warmup_end_ns:  # Accounting.warmup_end_ns: arrived in the warm-up, not counted
-            hit = status == _COMPLETED and now <= inv.deadline_ns
-            if status == _COMPLETED:
-                acct.completed += 1
-                acct.latency_ms.add((now - inv.arrival_ns) / 1e6)
-                if hit:
-                    acct.slo_hits += 1
-            elif status == InvocationStatus.FAILED:
-                acct.failed += 1
-            elif status == InvocationStatus.REJECTED:
-                acct.rejected += 1
-            else:
-                acct.timed_out += 1
-            pw = acct.per_workflow.get(inv.workflow.name)
-            if pw is None:
-                pw = acct.per_workflow[inv.workflow.name] = [0, 0]
-            pw[0] += 1
-            pw[1] += hit
+        self._count_end(inv, status, now)
         del self.inflight[inv.id]
         if status != _COMPLETED:
             # drop the invocation's other queued jobs (other branches of a fan-out); the standing rules
@@ -233,6 +241,44 @@ class Controller:
                     self._unqueue(j)
         if inv.on_done is not None:
             inv.on_done(inv)
+
+    def _count_end(self, inv: Invocation, status: InvocationStatus, now: int) -> None:
+        """Account for one invocation that ended (unless it arrived in the warm-up)."""
+        acct = self.acct
+        if inv.arrival_ns >= acct.warmup_end_ns:  # Accounting.warmup_end_ns: arrived in the warm-up, not counted
+            hit = status == _COMPLETED and now <= inv.deadline_ns
+            if status == _COMPLETED:
+                acct.completed += 1
+                acct.latency_ms.add((now - inv.arrival_ns) / 1e6)
+                if hit:
+                    acct.slo_hits += 1
+            else:
+                acct.shed(inv.workflow.name, _SHED_REASON[status])
+            pw = acct.per_workflow.get(inv.workflow.name)
+            if pw is None:
+                pw = acct.per_workflow[inv.workflow.name] = [0, 0]
+            pw[0] += 1
+            pw[1] += hit
+            acct.ended_as(inv.tenant, inv.priority, hit, status == InvocationStatus.REJECTED)
+
+    def refuse_invocation(self, workflow: str, limit: str, reason: str, slo_ms: float | None = None) -> Invocation:
+        """Count one invocation of `workflow` refused before it entered, by the admission `limit` it hit (a
+        tenant's `max_concurrency` or `rate_rps`: the simulator applies them at arrival, as the gateway does):
+        it ends at once as REJECTED with `reason`, never queued. UserError for an unknown workflow."""
+        wf = self.workflows.get(workflow)
+        if wf is None:
+            raise UserError(f"unknown workflow '{workflow}'")
+        now = self.clock.now_ns()
+        inv = Invocation(next(self._ids), wf, now, wf.slo_ns if slo_ms is None else ms_to_ns(slo_ms))
+        if now >= self.acct.warmup_end_ns:  # Accounting.warmup_end_ns
+            self.acct.arrived(inv.tenant, inv.priority)
+        inv.status = InvocationStatus.REJECTED
+        inv.finish_ns = now
+        inv.reason = reason
+        self._count_end(inv, inv.status, now)
+        if inv.arrival_ns >= self.acct.warmup_end_ns:
+            self.acct.admission_rejected[limit] = self.acct.admission_rejected.get(limit, 0) + 1
+        return inv
 
     def timeout_pending(self, older_than_ns: int, reason: str = "timed out") -> int:
         """End as TIMED_OUT every pending invocation that arrived before `older_than_ns`. Returns how many."""
@@ -255,13 +301,20 @@ class Controller:
     def _pass(self) -> None:
         self._pass_scheduled = False
         now = self.clock.now_ns()
+        tenancy = self.tenancy
+        if tenancy.active:
+            # NOTE: before the policy looks: instances released for fair share or for realtime work are
+            # gone from its view, so it plans with the room that is there (tenancy's module docstring)
+            tenancy.before_pass()
         fp = self._fingerprint() if self.check_purity else None
         t0 = perf_ns()
         decisions, self.state = self.policy.schedule(self.view, now, self.state)
         self.acct.decision_us.add((perf_ns() - t0) / 1000.0)
         if fp is not None and fp != self._fingerprint():
             raise PolicyPurityError(f"policy {getattr(self.policy, 'name', self.policy)!r} changed controller state through its view")
-        self.apply(decisions)
+        self.apply(tenancy.order(decisions) if tenancy.active else decisions)
+        if self.residency.evicts and self.ready_queues:
+            self._relieve_pressure(now)
 
     def apply(self, decisions: Decisions) -> None:
         """Apply a policy's decisions in order. Each refused action is counted with its reason."""
@@ -275,6 +328,8 @@ class Controller:
                 inst = self.instances.get(a.instance_id)
                 if inst is None:
                     self.acct.refuse(f"stop: instance {a.instance_id} is not live")
+                elif len(self.instances_by_fn[inst.function.name]) <= inst.function.min_instances:
+                    self.acct.refuse(f"min_instances: {inst.function.name} keeps {inst.function.min_instances} live")
                 else:
                     self._stop(inst)
             elif t is Reject:
@@ -368,9 +423,18 @@ class Controller:
             self.acct.refuse(f"start: max_batch {a.max_batch} outside the profile")
             return
         mem = table.memory_mb(a.max_batch)
-        if gpu.free_units < a.share_units or gpu.free_mb < mem:
+        if fn.max_instances is not None and len(self.instances_by_fn[fn.name]) >= fn.max_instances:
+            self.acct.refuse(f"max_instances: {fn.name} has {fn.max_instances} live instance(s), its max_instances")
+            return
+        # NOTE: an eviction happens only for a Start that would then go ahead (its tenancy check passes)
+        if ((gpu.free_units < a.share_units or gpu.free_mb < mem)
+                and (self.tenancy.check_start(fn, gpu, a.share_units) or not self._make_room(gpu, a.share_units, mem, fn))):
             self.acct.refuse(f"over-commit: GPU {gpu.id} has {gpu.free_units} units / {gpu.free_mb:.0f} MB free, "
                              f"asked {a.share_units} / {mem:.0f}")
+            return
+        why = self.tenancy.check_start(fn, gpu, a.share_units)
+        if why:
+            self.acct.refuse(why)
             return
         jobs: list[Job] = []
         if a.job_ids:
@@ -378,15 +442,25 @@ class Controller:
             if taken is None:
                 return
             jobs = taken
+        self._launch(fn, gpu, a.share_units, a.max_batch, mem, jobs)
+
+    def _launch(self, fn: FunctionRt, gpu: Gpu, units: int, max_batch: int, mem: float, jobs: list[Job],
+                prewarm: bool = False) -> Instance:
+        """Book room on `gpu` (the caller checked it fits) and start an instance; `jobs` form its first batch."""
         now = self.clock.now_ns()
-        gpu.free_units -= a.share_units
+        gpu.free_units -= units
         gpu.free_mb -= mem
-        inst = Instance(next(self._ids), fn, gpu, a.share_units, a.max_batch, mem, now)
+        inst = Instance(next(self._ids), fn, gpu, units, max_batch, mem, now)
+        inst.prewarm = prewarm
         gpu.instance_ids.add(inst.id)
         self.instances[inst.id] = inst
+        self.tenancy.hold(inst, 1)
         self.instances_by_fn[fn.name].append(inst)
         self.starting_by_fn[fn.name] += 1
-        if now >= self.acct.warmup_end_ns:  # Accounting.warmup_end_ns
+        self._last_config[fn.name] = (gpu.type_name, units, max_batch)
+        # NOTE: a pre-warm is a cold start no request waits for: it is counted under prewarms (used or
+        # wasted), not cold_starts, which counts the starts the scheduling policy asked for
+        if now >= self.acct.warmup_end_ns and not prewarm:  # Accounting.warmup_end_ns
             self.acct.cold_starts += 1
         self.capacity_epoch += 1
         if jobs:
@@ -394,6 +468,118 @@ class Controller:
         if self.on_instance_event:
             self.on_instance_event("start", inst)
         self.backend.start(inst)
+        return inst
+
+    # ------------------------------------------------------------------ residency
+
+    def _evictable(self, gpu: Gpu, fn: FunctionRt | None, now: int) -> list[Instance]:
+        """Idle instances on `gpu` that an eviction may take: not of `fn`, not held by min_instances, idle for at
+        least one cold start of their own. NOTE: the ski-rental bound (as esg_pool's release): an instance idle
+        for less than a cold start is as likely as not to be reused before a new one could be ready."""
+        out = []
+        for iid in gpu.instance_ids:
+            inst = self.instances[iid]
+            f = inst.function
+            if (inst.state == _IDLE and not inst.stopping and not inst.backlog and f is not fn
+                    and len(self.instances_by_fn[f.name]) > f.min_instances and now - inst.idle_since_ns >= self.cold_start_ns(f, gpu)):
+                out.append(inst)
+        return out
+
+    def _make_room(self, gpu: Gpu, units: int, mem: float, fn: FunctionRt | None) -> bool:
+        """Evict idle instances on `gpu`, in the residency policy's order, until `units` and `mem` fit.
+        Evicts nothing (and returns False) when all the evictable ones together would not make room, or
+        when the residency policy does not evict. Only idle instances go: room is never over-committed."""
+        if gpu.free_units >= units and gpu.free_mb >= mem:
+            return True
+        if not self.residency.evicts:
+            return False
+        now = self.clock.now_ns()
+        cands = self._evictable(gpu, fn, now)
+        if (gpu.free_units + sum(i.share_units for i in cands) < units
+                or gpu.free_mb + sum(i.memory_mb for i in cands) < mem - 1e-6):
+            return False
+        for victim in self.residency.victims(cands, now):
+            if gpu.free_units >= units and gpu.free_mb >= mem:
+                break
+            if now >= self.acct.warmup_end_ns:  # Accounting.warmup_end_ns
+                self.acct.evictions += 1
+            self._stop(victim)
+        return gpu.free_units >= units and gpu.free_mb >= mem
+
+    def _need(self, fn: FunctionRt) -> tuple[str, int, int, float] | None:
+        """What a new instance of `fn` needs: its last configuration (GPU type, units, max batch, MB), else
+        its smallest share at its largest covered batch on its first GPU type."""
+        cfg = self._last_config.get(fn.name)
+        if cfg is None:
+            if not fn.tables:
+                return None
+            t = next(iter(fn.tables))
+            cfg = (t, fn.share_units[t][0], fn.batch_sizes[-1])
+        t, units, max_batch = cfg
+        return t, units, max_batch, fn.tables[t].memory_mb(max_batch)
+
+    def _place(self, fn: FunctionRt, evict: bool) -> Gpu | None:
+        """A GPU for a new instance of `fn` (`_need`): the best fit (least memory left over) where it fits
+        now, else (with `evict`) the first GPU where evicting idle instances makes room (they are evicted)."""
+        need = self._need(fn)
+        if need is None:
+            return None
+        t, units, _, mem = need
+        fits = [g for g in self.gpus if g.type_name == t and g.free_units >= units and g.free_mb >= mem]
+        if fits:
+            return min(fits, key=lambda g: (g.free_mb - mem, g.id))
+        if evict and self.residency.evicts:
+            for g in self.gpus:
+                if g.type_name == t and self._make_room(g, units, mem, fn):
+                    return g
+        return None
+
+    def _start_for_residency(self, fn: FunctionRt, prewarm: bool) -> bool:
+        """Start one instance of `fn` outside the policy (min_instances, pre-warm). False if nothing fits."""
+        need = self._need(fn)
+        if need is None:
+            return False
+        gpu = self._place(fn, evict=True)
+        if gpu is None or self.tenancy.check_start(fn, gpu, need[1]):
+            return False
+        self._launch(fn, gpu, need[1], need[2], need[3], [], prewarm=prewarm)
+        return True
+
+    def _top_up(self, fn: FunctionRt) -> None:
+        """Start instances of `fn` until it has `min_instances` live (as many as fit)."""
+        while len(self.instances_by_fn[fn.name]) < fn.min_instances and self.functions.get(fn.name) is fn:
+            if not self._start_for_residency(fn, prewarm=False):
+                return
+
+    def _relieve_pressure(self, now: int) -> None:
+        """After a pass: a function with queued jobs and no live instance, for which no GPU has room, gets
+        room by evicting idle instances (the residency policy's victims); the release asks for a pass, in
+        which the scheduling policy starts it. NOTE: the policies plan with the free room they see, so
+        they never ask for a Start that needs an eviction; this is where memory pressure evicts."""
+        for q in list(self.ready_queues.values()):
+            fname = q.function
+            if self.instances_by_fn[fname] or self.starting_by_fn[fname]:
+                continue
+            fn = self.functions[fname]
+            # NOTE: at most one eviction round per starving function per cold start of it: if the scheduling
+            # policy leaves the room unused (it wanted another configuration), evicting again would only thrash
+            if not fn.tables:
+                continue
+            last = self._made_room_ns.get(fname)
+            if last is not None and now - last < ms_to_ns(next(iter(fn.tables.values())).cold_start.total_ms):
+                continue
+            if self._place(fn, evict=True) is not None:
+                self._made_room_ns[fname] = now
+
+    def _prewarm(self, fname: str) -> None:
+        """Timer of a pre-warm (`Residency.prewarm_at_ns`): start one instance of `fname` unless it has one
+        live or queued work (the scheduling policy starts those itself)."""
+        fn = self.functions.get(fname)
+        if fn is None or self.instances_by_fn[fname] or self.queued_by_fn[fname]:
+            return
+        if fn.max_instances is not None and fn.max_instances < 1:
+            return
+        self._start_for_residency(fn, prewarm=True)
 
     # ------------------------------------------------------------------ execution
 
@@ -422,6 +608,10 @@ class Controller:
 
     def _dispatch(self, inst: Instance, jobs: list[Job]) -> None:
         now = self.clock.now_ns()
+        if inst.prewarm:
+            inst.prewarm = False
+            if now >= self.acct.warmup_end_ns:  # Accounting.warmup_end_ns
+                self.acct.prewarms_used += 1
         batch = Batch(next(self._ids), inst, jobs, now)
         t = 0
         for job in jobs:
@@ -465,15 +655,15 @@ class Controller:
             if not preds:
                 payloads.append(inv.payload)
             elif len(preds) == 1:
-                payloads.append(inv.outputs[preds[0]])
+                payloads.append(inv.outputs[preds[0]])  # type: ignore[index]  # live mode: set at submit
             else:
                 merged: dict = {}
                 for p in preds:
-                    out = inv.outputs[p]
+                    out = inv.outputs[p]  # type: ignore[index]  # live mode: set at submit
                     if isinstance(out, dict):
                         merged.update(out)
                 payloads.append(merged)
-            inv.stage_ns[job.stage.index] = (batch.start_ns, -1)
+            inv.stage_ns[job.stage.index] = (batch.start_ns, -1)  # type: ignore[index]  # live mode: set at submit
         batch.outputs = payloads  # the backend replaces these with the outputs
 
     def on_instance_ready(self, inst: Instance, info: dict | None = None) -> None:
@@ -501,15 +691,11 @@ class Controller:
         acct = self.acct
         gpu = inst.gpu
         if batch.start_ns >= acct.warmup_end_ns:  # Accounting.warmup_end_ns: the one compare after the warm-up
-            unit_ns = exec_ns * inst.share_units
-            acct.busy_unit_ns += unit_ns / gpu.share_units
-            acct.busy_usd += unit_ns * gpu.usd_per_unit_ns
+            acct.bill_busy(exec_ns, inst.share_units, gpu, batch.jobs)
             acct.batches += 1
             acct.batched_jobs += len(batch.jobs)
         elif now > acct.warmup_end_ns:  # began in the warm-up: bill only the part after it, count no batch
-            unit_ns = (now - acct.warmup_end_ns) * inst.share_units
-            acct.busy_unit_ns += unit_ns / gpu.share_units
-            acct.busy_usd += unit_ns * gpu.usd_per_unit_ns
+            acct.bill_busy(now - acct.warmup_end_ns, inst.share_units, gpu, batch.jobs)
         inst.current = None
         inst.batches_run += 1
         if error:
@@ -524,7 +710,7 @@ class Controller:
                 inv.out_gpu[stage.index] = gpu
                 if inv.outputs is not None:
                     inv.outputs[stage.index] = outputs[i] if outputs is not None else None
-                    inv.stage_ns[stage.index] = (batch.start_ns, now)
+                    inv.stage_ns[stage.index] = (batch.start_ns, now)  # type: ignore[index]  # set with outputs
                 if not stage.succs:
                     inv.exits_left -= 1
                     if inv.exits_left == 0:
@@ -550,6 +736,8 @@ class Controller:
                 self._retry_or_fail(job, inst, reason)
         if self.on_instance_event:
             self.on_instance_event("failed", inst)
+        if self.functions.get(inst.function.name) is inst.function:
+            self._top_up(inst.function)  # min_instances: a failed instance is replaced
 
     def _retry_or_fail(self, job: Job, inst: Instance, reason: str) -> None:
         inv = job.inv
@@ -581,16 +769,20 @@ class Controller:
         fname = inst.function.name
         idle = self.idle_by_fn[fname]
         idle[inst.id] = inst
-        # NOTE: at most one keep-alive timer per instance: armed when it goes idle with none armed, and when
-        # it fires on an instance that worked since, re-armed for idle_since + keep-alive (see _expire). No
-        # timer is set or cancelled per batch on the hot path.
-        if inst.expiry is None:
-            inst.expiry = True
-            self.clock.call_at_fast(now + inst.function.keep_alive_ns, self._expire, inst)
+        # NOTE: at most one live keep-alive timer per instance: armed when it goes idle with none armed (or
+        # one armed for later than the residency policy's new answer), and when it fires on an instance that
+        # worked since, re-armed for idle_since + its idle TTL (see _expire). A timer that fires for another
+        # time than the armed one is stale and does nothing. No timer is cancelled on the hot path.
+        ttl = inst.idle_ttl_ns = self.residency.idle_ttl_ns(inst, now)
+        due = now + ttl
+        if inst.expiry is None or due < inst.expiry:
+            inst.expiry = due
+            self.clock.call_at_fast(due, self._expire, inst, due)
         if self.ready_queues:
             queued = self.queued_by_fn[fname]
             # Decisions.idle_pulls, unless a longer-idle instance of the function is first in line
-            if queued and self._pull and len(idle) == 1 and self._pull_job(inst):
+            if (queued and self._pull and len(idle) == 1 and not (self.tenancy.active and self.tenancy.yields(inst))
+                    and self._pull_job(inst)):
                 return
             if queued or not self._quiet:  # Decisions.quiet_until_match
                 self._request_pass()
@@ -608,19 +800,32 @@ class Controller:
                     return True
         return False
 
-    def _expire(self, inst: Instance) -> None:
+    def _expire(self, inst: Instance, armed_ns: int) -> None:
+        if inst.expiry != armed_ns:
+            return  # stale: a sooner timer was armed since
         inst.expiry = None
         if inst.state == _STOPPED:
             return
         now = self.clock.now_ns()
         if inst.state != _IDLE or inst.backlog:
             return  # busy: _next_or_idle arms the timer again when the instance next goes idle
-        due = inst.idle_since_ns + inst.function.keep_alive_ns
+        due = inst.idle_since_ns + inst.idle_ttl_ns
         if now >= due:
+            fn = inst.function
+            if len(self.instances_by_fn[fn.name]) <= fn.min_instances:
+                return  # held by min_instances: armed again when it next goes idle
             self._stop(inst)
+            at = self.residency.prewarm_at_ns(fn, now)
+            if at is not None:
+                self.clock.call_at_fast(at, self._prewarm, fn.name)
             return
-        inst.expiry = True
-        self.clock.call_at_fast(due, self._expire, inst)
+        inst.expiry = due
+        self.clock.call_at_fast(due, self._expire, inst, due)
+
+    def stop_instance(self, inst: Instance) -> None:
+        """Stop `inst`: at once when idle or starting, after its current batch (and backlog) when busy. Who
+        calls it: the controller's own Stop path and keep-alive, and `Tenancy` (fair share, realtime room)."""
+        self._stop(inst)
 
     def _stop(self, inst: Instance) -> None:
         if inst.state == _STOPPED:
@@ -645,16 +850,20 @@ class Controller:
         gpu.free_mb += inst.memory_mb
         gpu.instance_ids.discard(inst.id)
         del self.instances[inst.id]
+        self.tenancy.hold(inst, -1)
         self.instances_by_fn[inst.function.name].remove(inst)
-        # Accounting.warmup_end_ns: only the part of the lifetime after the warm-up is billed
-        life = now - max(inst.start_ns, self.acct.warmup_end_ns)
-        if life > 0:
-            self.acct.allocated_unit_ns += life * inst.share_units / gpu.share_units
-            self.acct.allocated_usd += life * inst.share_units * gpu.usd_per_unit_ns
+        self.acct.bill_allocated(inst, now)  # the part of its lifetime after the warm-up
+        if inst.prewarm and now >= self.acct.warmup_end_ns:  # pre-warmed, released without running anything
+            self.acct.prewarms_wasted += 1
         self.backend.stop(inst)
         self._drop_rules()
         if self.ready_queues:
             self._request_pass()
+
+    def report(self) -> dict:
+        """`Accounting.report()` with the live instances billed up to now: the gateway's `/v1/usage` figures
+        (the simulation driver reads `acct.report()` after `shutdown`, when none is live). Changes nothing."""
+        return self.acct.report(self.instances.values(), self.clock.now_ns())
 
     def shutdown(self) -> None:
         """Stop every instance now (ends allocated-cost accounting); pending invocations stay pending."""

@@ -5,9 +5,10 @@ Two layers, both built on the machine that runs the engine, with nothing pulled 
 - the **base image** `gpufaas-base:<hash>`: a Debian rootfs from `debootstrap --variant=minbase` with
   python3 (3.11 on bookworm, the same minor version as the platform's venv), imported with `docker import`.
   The hash covers the suite, variant, package list and mirror, so a change to any of them builds a new one.
-- a **function-runtime image** `gpufaas-fn-<function>:<hash>`: base + the worker entry script + the
-  function's bundle (`function.yaml`, `handler.py`, ...), built with the engine's legacy builder. The hash
-  covers the base tag, the entry script and every bundle file.
+- a **function-runtime image** `gpufaas-fn-<function>:<hash>`: base + the function's bundle
+  (`function.yaml`, `handler.py`, ...), entry point `python3 -m gpufaas.platform.worker` (the platform's
+  one worker, mounted from the gateway's install at run time), built with the engine's legacy builder.
+  The hash covers the base tag, the Dockerfile, the spec and every bundle file.
 
 Who calls it: `DockerBackend.prepare()` (engine connection, base image) and `DockerBackend` before the
 first start of a function (runtime image); `deploy/ci-prepare-docker.sh` and the tests start the engine.
@@ -204,85 +205,13 @@ def _debootstrap(recipe: dict[str, Any], root: Path) -> None:
 
 # ---------------------------------------------------------------- function-runtime images
 
-# The runtime image's entry: stdlib only, so the image needs nothing beyond python3. It runs the platform
-# worker (`gpufaas.platform.worker`) when the platform's site-packages are mounted
-# (GPUFAAS_SITE_PACKAGES) and the worker module is importable; otherwise it serves the built-in emulated
-# loop below, which holds each batch for the time the backend sends (the profiled latency of its
-# (GPU type, batch, share)) and echoes the declared outputs.
-# Protocol of the built-in loop, over a Unix socket the entry creates at $GPUFAAS_SOCKET: each frame is two
-# big-endian uint32 (header length, blob length), a JSON header, then an opaque blob (the batch's items,
-# msgpack-encoded by the host; the worker never decodes them). Worker -> host first:
-# {"kind": "ready", "pid", "init_ms", ...}; host -> worker {"kind": "init"} + one output item of the
-# function's declared shapes (zeros, as DESIGN section 3's emulated mode returns), then per batch
-# {"kind": "run", "id", "n", "hold_ms"} + items; reply {"kind": "done", "id"} + n outputs (the items
-# themselves when the function declares no outputs), or {"kind": "error", "id", "error"}.
-RUNTIME_ENTRY = r'''
-import json, os, socket, struct, sys, time
-
-t0 = time.perf_counter()
-site_dir = os.environ.get("GPUFAAS_SITE_PACKAGES")
-if site_dir and os.environ.get("GPUFAAS_WORKER", "builtin") == "platform":
-    import site, runpy
-    site.addsitedir(site_dir)
-    sys.argv = ["gpufaas-worker"] + sys.argv[1:]
-    runpy.run_module("gpufaas.platform.worker", run_name="__main__")
-    sys.exit(0)
-
-path = os.environ["GPUFAAS_SOCKET"]
-try:
-    os.unlink(path)
-except FileNotFoundError:
-    pass
-srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-srv.bind(path + ".tmp")
-os.rename(path + ".tmp", path)  # appears only once bound: the host connects without racing the bind
-srv.listen(1)
-conn, _ = srv.accept()
-conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-hdr = struct.Struct(">II")
-
-def send(obj, blob=b""):
-    data = json.dumps(obj, separators=(",", ":")).encode()
-    conn.sendall(hdr.pack(len(data), len(blob)) + data + blob)
-
-def recv_exact(n):
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = conn.recv(n - len(buf))
-        if not chunk:
-            sys.exit(0)
-        buf += chunk
-    return bytes(buf)
-
-send({"kind": "ready", "pid": os.getpid(), "init_ms": (time.perf_counter() - t0) * 1000.0,
-      "hostname": socket.gethostname(), "memory_limit": os.environ.get("GPUFAAS_MEMORY_LIMIT", ""),
-      "nvidia_visible_devices": os.environ.get("NVIDIA_VISIBLE_DEVICES", ""),
-      "cuda_mps_active_thread_percentage": os.environ.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "")})
-template = b""  # one output item, msgpack-encoded by the host ("init" frame); empty: echo the items
-
-def array_header(n):
-    return bytes([0x90 | n]) if n < 16 else (b"\xdc" + struct.pack(">H", n) if n < 65536 else b"\xdd" + struct.pack(">I", n))
-
-while True:
-    n, m = hdr.unpack(recv_exact(8))
-    msg = json.loads(recv_exact(n))
-    blob = recv_exact(m) if m else b""
-    kind = msg.get("kind")
-    if kind == "run":
-        hold_s = float(msg.get("hold_ms", 0.0)) / 1000.0
-        if hold_s > 0:
-            time.sleep(hold_s)
-        if msg.get("alloc_mb"):
-            hog = bytearray(int(msg["alloc_mb"]) * 1024 * 1024)  # test hook: exceed the memory limit
-            for i in range(0, len(hog), 4096):
-                hog[i] = 1
-        out = array_header(int(msg["n"])) + template * int(msg["n"]) if template else blob
-        send({"kind": "done", "id": msg["id"]}, out)
-    elif kind == "init":
-        template = blob
-    elif kind == "exit":
-        break
-'''
+# NOTE: the runtime image holds no worker code: its entry point is the platform's one worker module,
+# `python3 -m gpufaas.platform.worker` (platform/worker.py, the process backend's), which the docker
+# backend mounts from the gateway's install (site-packages as the image python's dist-packages, whose
+# .pth files python processes at start-up; see DockerBackend._create). The image is base + bundle.
+BUNDLE_IN_IMAGE = "/opt/gpufaas/bundle"
+DIST_PACKAGES = "/usr/local/lib/python3.11/dist-packages"  # on sys.path of bookworm's python3 (3.11)
+WORKER_MODULE = "gpufaas.platform.worker"
 
 
 def _bundle_files(bundle_dir: Path | None) -> list[tuple[str, bytes]]:
@@ -299,17 +228,16 @@ def runtime_dockerfile(base_tag: str, function: str, extra_steps: str = "") -> s
     """The Dockerfile of a function-runtime image (legacy builder; no network access needed)."""
     return (f"FROM {base_tag}\n"
             f"LABEL {MANAGED_LABEL}=1 gpufaas.function={function}\n"
-            "COPY entry.py /opt/gpufaas/entry.py\n"
-            "COPY bundle/ /opt/gpufaas/bundle/\n"
+            f"COPY bundle/ {BUNDLE_IN_IMAGE}/\n"
             f"{extra_steps}"
-            "ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1\n"
-            'ENTRYPOINT ["python3", "/opt/gpufaas/entry.py"]\n')
+            "ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1\n"
+            f'ENTRYPOINT ["python3", "-m", "{WORKER_MODULE}"]\n')
 
 
 def runtime_image_tag(base_tag: str, function: str, bundle_dir: Path | None, spec_yaml: str = "", extra_steps: str = "") -> str:
-    """`gpufaas-fn-<function>:<hash of base tag, entry, Dockerfile, spec and bundle files>`."""
+    """`gpufaas-fn-<function>:<hash of base tag, Dockerfile, spec and bundle files>`."""
     h = hashlib.sha256()
-    for part in (base_tag, RUNTIME_ENTRY, runtime_dockerfile(base_tag, function, extra_steps), spec_yaml):
+    for part in (base_tag, runtime_dockerfile(base_tag, function, extra_steps), spec_yaml):
         h.update(part.encode())
         h.update(b"\0")
     for name, data in _bundle_files(bundle_dir):
@@ -339,7 +267,6 @@ def ensure_runtime_image(client: Any, base_tag: str, function: str, bundle_dir: 
             tf.addfile(ti, io.BytesIO(data))
 
         add("Dockerfile", runtime_dockerfile(base_tag, function, extra_steps).encode())
-        add("entry.py", RUNTIME_ENTRY.encode())
         files = _bundle_files(bundle_dir)
         names = {n for n, _ in files}
         for name, data in files:

@@ -9,7 +9,7 @@ extrapolation.
 
 Who calls it: the controller and the policies (through `Profiles.table()`), the sim backend (batch
 times), the worker in emulated mode. Nothing here mutates after load. Profiles come from the shipped
-folder (platform/profiles/) and from user folders searched before it (`Profiles.with_dirs`), so a
+folder (platform/profile_tables/) and from user folders searched before it (`Profiles.with_dirs`), so a
 scenario can run on GPU types that ship no profile.
 """
 
@@ -25,7 +25,7 @@ from pydantic import Field, model_validator
 from gpufaas.platform.errors import ProfileError, SpecError
 from gpufaas.platform.specs import Spec, load_yaml
 
-SHIPPED_DIR = Path(__file__).parent / "profiles"
+SHIPPED_DIR = Path(__file__).parent / "profile_tables"
 
 
 class MemoryProfile(Spec):
@@ -176,7 +176,7 @@ class Profiles:
 
     @classmethod
     def shipped(cls) -> "Profiles":
-        """The profiles in platform/profiles/ (cached; the returned store is a fresh copy)."""
+        """The profiles in platform/profile_tables/ (cached; the returned store is a fresh copy)."""
         return cls.with_dirs(())
 
     @classmethod

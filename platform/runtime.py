@@ -81,7 +81,7 @@ class FunctionRt:
     """
 
     __slots__ = ("name", "spec", "tables", "batch_sizes", "shares", "share_units", "uncovered", "keep_alive_ns",
-                 "output_bytes", "tenant", "_lat_ns")
+                 "output_bytes", "tenant", "min_instances", "max_instances", "_lat_ns")
 
     # NOTE: a share names a whole number of units when it is within this many units of one (0.142857 or
     # 0.1429 for 1/7 of a 7-unit GPU); the share used everywhere is then exactly units / share_units.
@@ -108,6 +108,8 @@ class FunctionRt:
         self.batch_sizes: tuple[int, ...] = batches
         self.keep_alive_ns = s_to_ns(spec.keep_alive_s if spec.keep_alive_s is not None else default_keep_alive_s)
         self.output_bytes = spec.output_bytes_per_item
+        self.min_instances = spec.min_instances  # the controller keeps this many live (`Controller._top_up`)
+        self.max_instances = spec.max_instances  # None: no limit; the controller refuses a Start above it
         self._lat_ns: dict[tuple[str, int, int, int], int] = {}
 
     def _units(self, share: float, units_per_gpu: int) -> int | None:
@@ -182,7 +184,9 @@ class StageRt:
         self.function = function
         self.preds: tuple[int, ...] = ()
         self.succs: tuple[int, ...] = ()
-        self.queue: "AfwQueue | None" = None
+        # NOTE: declared, not assigned: `Controller.deploy_workflow` gives every stage its AfwQueue before
+        # the workflow is visible to anything that reads queues.
+        self.queue: AfwQueue
 
 
 class WorkflowRt:
@@ -202,10 +206,10 @@ class WorkflowRt:
         g = spec.graph()
         self.graph = g
         order = list(nx.lexicographical_topological_sort(g))
-        by_stage = {s.name: s for s in spec.stages}
-        for i, s in enumerate(spec.stages):
-            if s.function not in functions:
-                raise SpecError(f"workflow {spec.name}: stages[{i}].function: unknown function '{s.function}'; deploy it first "
+        by_stage = {st.name: st for st in spec.stages}
+        for i, st in enumerate(spec.stages):
+            if st.function not in functions:
+                raise SpecError(f"workflow {spec.name}: stages[{i}].function: unknown function '{st.function}'; deploy it first "
                                 f"(known: {sorted(functions)})")
         self.stages: list[StageRt] = [StageRt(n, i, by_stage[n].function) for i, n in enumerate(order)]
         self.by_name = {s.name: s for s in self.stages}
@@ -322,7 +326,7 @@ class Instance:
 
     __slots__ = ("id", "function", "gpu", "share_units", "max_batch", "memory_mb", "state", "start_ns", "ready_ns",
                  "idle_since_ns", "backlog", "current", "expiry", "stopping", "batches_run", "cold_start_ns", "info",
-                 "_lat_ns")
+                 "idle_ttl_ns", "prewarm", "_lat_ns")
 
     def __init__(self, inst_id: int, function: FunctionRt, gpu: Gpu, share_units: int, max_batch: int, memory_mb: float, now_ns: int) -> None:
         self.id = inst_id
@@ -337,7 +341,9 @@ class Instance:
         self.idle_since_ns = -1
         self.backlog: deque[Batch] = deque()  # batches dispatched while starting or busy
         self.current: Batch | None = None
-        self.expiry = None
+        self.expiry: int | None = None  # when its armed keep-alive timer fires (None: none armed)
+        self.idle_ttl_ns = 0  # how long it may stay idle this time (the residency policy's answer when it went idle)
+        self.prewarm = False  # started ahead of a predicted arrival and has run nothing yet
         self.stopping = False
         self.batches_run = 0
         self.cold_start_ns = 0

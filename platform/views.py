@@ -64,6 +64,14 @@ class ClusterView:
         """Queues that hold at least one job, in the order they last became non-empty."""
         return self._ctl.ready_queues.values()
 
+    def arrivals_by_function(self) -> dict[str, int]:
+        """Arrivals so far per function, summed over its AFW queues (the pool baselines' rate samples)."""
+        out: dict[str, int] = {}
+        for wf in self.workflows.values():
+            for st in wf.stages:
+                out[st.function] = out.get(st.function, 0) + st.queue.arrivals
+        return out
+
     def queue(self, workflow: str, stage: str) -> AfwQueue:
         return self._ctl.workflows[workflow].by_name[stage].queue
 

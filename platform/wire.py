@@ -5,9 +5,11 @@ Tensors travel as a msgpack extension (code `TENSOR_EXT`) holding `[dtype, shape
 pickle: a frame can carry only maps, lists, scalars, bytes and tensors, so decoding a frame from a
 broken or hostile peer can fail (`WireError`) but never run code.
 
-Who calls it: `platform/worker.py` (the worker side, blocking sockets) and
-`platform/backends/process.py` (the host side, asyncio streams). It changes nothing; it only turns
-messages into bytes and back. numpy only: the gateway side must not import torch.
+Who calls it: `platform/worker.py` (the worker side, blocking sockets) and the host side, asyncio
+streams: `platform/backends/process.py` and `platform/backends/docker_backend.py` (the container runs the
+same worker). It changes nothing; it only turns messages into bytes and back. numpy only: the gateway
+side must not import torch. A tensor header is checked (`tensor_from`: dtype, at most
+`specs.MAX_TENSOR_DIMS` dims, each an int >= 0, span, byte count) before anything is computed from it.
 
 Messages (field names are short because they cross the socket for every batch):
 - HELLO  worker -> host  {"token", "pid", "t0_ns"}: connected; the token says which instance it is.
@@ -28,6 +30,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from gpufaas.platform.specs import MAX_TENSOR_DIMS
+
 VERSION = 1
 TENSOR_EXT = 1
 MAX_FRAME_BYTES = 1 << 30  # 1 GiB: far above any batch here; a larger length means a corrupt stream
@@ -35,7 +39,7 @@ _LEN = struct.Struct(">I")
 HEADER_BYTES = _LEN.size
 
 # dtypes a tensor may carry (the FunctionSpec dtypes; bfloat16 has no numpy type and travels as float32)
-_DTYPES = {"float32", "float16", "float64", "int64", "int32", "uint8", "bool", "int8", "int16"}
+_DTYPES = frozenset({"float32", "float16", "float64", "int64", "int32", "uint8", "bool", "int8", "int16"})
 
 
 class Kind(IntEnum):
@@ -68,6 +72,43 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"cannot send {type(obj).__name__}; a message holds maps, lists, scalars, bytes and numpy arrays")
 
 
+class TensorHeaderError(ValueError):
+    """A (dtype, shape, data) triple that is not a tensor; `part` says which of the three is wrong."""
+
+    def __init__(self, part: str, message: str) -> None:
+        super().__init__(message)
+        self.part = part
+
+
+def tensor_from(dtype: object, shape: object, raw: object, dtypes: frozenset[str]) -> np.ndarray:
+    """A read-only array on `raw` (no copy; receivers that need to write copy first) after checking, in this
+    order: `dtype` is a str in `dtypes`; `shape` is a list of at most MAX_TENSOR_DIMS ints >= 0 (bools are
+    not ints here) whose non-zero dims span at most MAX_FRAME_BYTES; `raw` is bytes of exactly shape x
+    itemsize. TensorHeaderError naming the part otherwise.
+
+    Who calls it: `_ext_hook` (frames from workers) and `gateway.api.decode_tensor` (msgpack requests). Pure.
+    NOTE: the type checks come before any lookup or arithmetic (a list dtype is unhashable), and the span is
+    bounded dim by dim, so a hostile shape never builds a huge integer; zeros are skipped in the span because
+    numpy refuses a shape whose non-zero dims overflow even when the array is empty."""
+    if type(dtype) is not str or dtype not in dtypes:
+        raise TensorHeaderError("dtype", f"unknown dtype {str(dtype)[:40]!r}; use one of {sorted(dtypes)}")
+    if type(shape) is not list or len(shape) > MAX_TENSOR_DIMS or not all(type(d) is int and d >= 0 for d in shape):
+        raise TensorHeaderError("shape", f"{str(shape)[:80]} is not a list of at most {MAX_TENSOR_DIMS} integers >= 0")
+    if type(raw) is not bytes:
+        raise TensorHeaderError("data", f"expected bytes, got {type(raw).__name__}")
+    dt = np.dtype(dtype)
+    span = dt.itemsize
+    for d in shape:
+        if d:
+            span *= d
+            if span > MAX_FRAME_BYTES:
+                raise TensorHeaderError("shape", f"{str(shape)[:80]} of {dtype} spans over {MAX_FRAME_BYTES} bytes (a frame)")
+    n = 0 if 0 in shape else span
+    if n != len(raw):
+        raise TensorHeaderError("data", f"{dtype}{str(shape)[:80]} needs {n} bytes, got {len(raw)}")
+    return np.frombuffer(raw, dtype=dt).reshape(shape)
+
+
 def _ext_hook(code: int, data: bytes) -> Any:
     if code != TENSOR_EXT:
         raise WireError(f"unknown extension type {code} (this side speaks wire version {VERSION})")
@@ -75,16 +116,10 @@ def _ext_hook(code: int, data: bytes) -> Any:
         dtype, shape, raw = msgpack.unpackb(data, raw=False)
     except Exception as e:  # noqa: BLE001 - any decode failure is a malformed tensor
         raise WireError(f"malformed tensor: {e}") from None
-    if dtype not in _DTYPES or not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise WireError(f"malformed tensor header: dtype={dtype!r} shape={shape!r}")
-    dt = np.dtype(dtype)
-    n = dt.itemsize
-    for d in shape:
-        n *= d
-    if not isinstance(raw, bytes) or len(raw) != n:
-        raise WireError(f"malformed tensor: {dtype}{shape} needs {n} bytes, got {len(raw) if isinstance(raw, bytes) else type(raw).__name__}")
-    # NOTE: a read-only view on the frame's bytes, no copy: receivers that need to write copy first.
-    return np.frombuffer(raw, dtype=dt).reshape(tuple(shape))
+    try:
+        return tensor_from(dtype, shape, raw, _DTYPES)
+    except TensorHeaderError as e:
+        raise WireError(f"malformed tensor{' header' if e.part != 'data' else ''}: {e.part}: {e}") from None
 
 
 def encode(kind: Kind, **fields: Any) -> bytes:
@@ -93,6 +128,13 @@ def encode(kind: Kind, **fields: Any) -> bytes:
     fields["k"] = int(kind)
     body = msgpack.packb(fields, default=_default, use_bin_type=True)
     return _LEN.pack(len(body)) + body
+
+
+def ready_parts_ms(ready: dict) -> dict[str, float]:
+    """A READY message's worker-measured start-up parts as `inst.info` keys: `imports_ms`,
+    `model_build_ms`, `first_batch_ms` (rounded to us). Who calls it: the process and docker backends,
+    so that the same figure has the same name whichever backend reports it."""
+    return {f"{k}_ms": round(float(v), 3) for k, v in (ready.get("parts_ms") or {}).items()}
 
 
 def frame_length(header: bytes) -> int:

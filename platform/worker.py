@@ -5,8 +5,9 @@
         [--heartbeat-s 1.0] [--small]
     python -m gpufaas.platform.worker --bundle DIR --check [--small]     (deploy-time bundle check)
 
-Start-up: connect to the host (the worker is the client, so how it is launched, as a subprocess, in a
-container with the socket folder mounted, or as a Ray actor's child, does not matter), send HELLO,
+Start-up: connect to the host (the worker is the client, so how it is launched, as a subprocess by the
+process backend, or in a container with the socket folder mounted by the docker backend, does not
+matter; the Ray backend's actors run its `Runner` in-process), send HELLO,
 import what the mode needs (numpy only for `emulated`, torch too for `real`), build the model (random
 init, or the bundle's weights.pt), run one warm-up batch, and send READY with the measured parts in ms
 (imports, model_build, first_batch). Then serve: BATCH -> RESULT, one at a time, until STOP or the
@@ -110,7 +111,7 @@ class Runner:
 
     def synthetic(self) -> dict[str, np.ndarray]:
         """A random item of the declared input schema (real mode, payload None)."""
-        out = {}
+        out: dict[str, np.ndarray] = {}
         for k, (d, s) in self.inputs.items():
             if d in ("int64", "int32"):
                 out[k] = self._rng.integers(1, 1000, size=s).astype(NP_DTYPES[d])
@@ -331,14 +332,45 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def check(args: argparse.Namespace) -> int:
-    """`--check`: import, build and run one synthetic item through the real path; print one JSON line."""
+    """`--check`: import, build and run one synthetic item through the real path; report one JSON verdict.
+
+    Under `BundleChecker` the verdict goes to the private pipe named by $GPUFAAS_CHECK_FD, with the nonce
+    read from stdin, both taken before the handler is imported (the handler's own prints cannot pass for
+    it); run by hand, it is printed on stdout."""
+    from gpufaas.platform.bundle import CHECK_RESULT_FD_ENV, MAX_VERDICT_BYTES
+
+    fd_s = os.environ.pop(CHECK_RESULT_FD_ENV, "")
+    out_fd = int(fd_s) if fd_s.isdigit() else None
+    nonce = sys.stdin.readline().strip() if out_fd is not None else ""
+    if out_fd is not None:
+        os.set_inheritable(out_fd, False)  # what the handler spawns does not get it
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
     try:
         _, parts = build_runner(args, True)
+        verdict: dict[str, Any] = {"ok": True, "parts_ms": parts}
     except Exception as e:  # noqa: BLE001 - the verdict carries the cause
-        print(json.dumps({"ok": False, "error": str(e) or type(e).__name__}))
-        return 1
-    print(json.dumps({"ok": True, "parts_ms": parts}))
-    return 0
+        verdict = {"ok": False, "error": (str(e) or type(e).__name__)[:2000]}
+    if out_fd is None:
+        print(json.dumps(verdict))
+    else:
+        data = json.dumps({**verdict, "nonce": nonce}).encode()[:MAX_VERDICT_BYTES]
+        os.write(out_fd, data)
+        os.close(out_fd)
+    return 0 if verdict["ok"] else 1
+
+
+def worker_argv(*, bundle: str, socket_path: str, token: str, execute: str, gpu_type: str, share: float,
+                threads: int = 1, heartbeat_s: float = 1.0, small: bool = False) -> list[str]:
+    """The arguments of `python -m gpufaas.platform.worker` (after the module name) for one instance: the
+    one place that writes what `parse_args` reads. Who calls it: the process backend (a subprocess) and
+    the docker backend (the container's command, the image's entry point being this module)."""
+    argv = ["--bundle", bundle, "--socket", socket_path, "--token", token, "--execute", execute,
+            "--gpu-type", gpu_type, "--share", f"{share:g}", "--threads", str(threads), "--heartbeat-s", f"{heartbeat_s:g}"]
+    if small:
+        argv.append("--small")
+    return argv
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,6 +1,13 @@
-"""Builders for unit tests: small clusters, functions, workflows and a controller on a fake or sim backend."""
+"""Builders for unit tests: small clusters, functions, workflows and a controller on a fake or sim backend;
+the golden simulation cases (test_core_sim.py, regen_golden.py); waiting on a condition with a deadline."""
 
 from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Awaitable, Callable, TypeVar
+
+from aiohttp.test_utils import TestClient
 
 from gpufaas.platform.backends.fake import FakeBackend
 from gpufaas.platform.backends.sim import SimBackend
@@ -8,6 +15,7 @@ from gpufaas.platform.clock import VirtualClock
 from gpufaas.platform.controller import Controller
 from gpufaas.platform.profiles import Profiles
 from gpufaas.platform.specs import ClusterSpec, FunctionSpec, WorkflowSpec
+from tests.conftest import SCENARIOS
 
 A100 = {"name": "A100-80GB", "memory_mb": 81920, "price_per_hour_usd": 5.12, "share_units": 10}
 
@@ -42,3 +50,107 @@ def controller(policy, *, gpus: int = 2, nodes: int = 1, fake: bool = False, fun
     for w in workflows:
         ctl.deploy_workflow(w)
     return ctl, clock, backend
+
+
+# ---------------------------------------------------------------- golden simulation runs
+
+GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
+# (scenario, seconds of arrivals): chain (2 stages, one workflow), video (a fan-out/fan-in DAG), mixed
+# (three workflows sharing the cluster); short enough that all policies x cases run in a few seconds
+GOLDEN_SCENARIOS = (("chain", 30), ("video", 5), ("mixed", 10))
+# the report's figures that a behaviour change moves; wall-clock ones (sim_wall_s, decision_us) and the
+# event count (an implementation detail) are left out
+GOLDEN_KEYS = ("invocations", "completed", "failed", "rejected", "timed_out", "slo_hit_rate", "cost", "latency_ms",
+               "cold_starts", "mean_batch", "refused_decisions", "per_workflow")
+
+
+def golden_cases() -> list[tuple[str, int, str]]:
+    """Every (scenario, seconds, policy) with a golden file: every registered policy on every scenario of
+    GOLDEN_SCENARIOS, so a newly registered policy has no golden until one is generated on purpose."""
+    from gpufaas.platform.policy.registry import builtin_registry
+
+    return [(name, seconds, policy) for name, seconds in GOLDEN_SCENARIOS for policy in builtin_registry().names()]
+
+
+def golden_path(scenario: str, seconds: int, policy: str) -> Path:
+    return GOLDEN_DIR / f"{scenario}_{policy}_{seconds}s.json"
+
+
+def golden_report(scenario: str, seconds: int, policy: str) -> dict:
+    """The figures a golden file holds: the shipped `scenario` cut to `seconds`, under `policy`, with the
+    invariants checked after every arrival and the policy's purity on every call."""
+    from gpufaas.loadgen.scenario import load_scenario
+    from gpufaas.loadgen.simdriver import run_scenario
+
+    sc = load_scenario(SCENARIOS / f"{scenario}.yaml").model_copy(update={"duration_s": seconds})
+    r = run_scenario(sc, policy, check_invariants=True, check_purity=True)
+    return {k: r[k] for k in GOLDEN_KEYS}
+
+
+# ---------------------------------------------------------------- waiting on a condition
+
+T = TypeVar("T")
+POLL_S = 0.005
+
+
+async def wait_for(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], *, timeout_s: float = 10.0,
+                   what: str = "the condition") -> T:
+    """Await `probe()` until `done(value)` holds and return that value; AssertionError naming `what` and
+    the last value when `timeout_s` passes first. Tests call it instead of sleeping a guessed time.
+
+    NOTE: it polls (every 5 ms) because the things tests wait on (an HTTP resource's status, a count kept
+    by the platform) publish no event; the deadline only bounds a failing test, a passing one returns as
+    soon as the condition holds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        value = await probe()
+        if done(value):
+            return value
+        if loop.time() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}; last value: {value!r}")
+        await asyncio.sleep(POLL_S)
+
+
+async def get_json(client: TestClient, path: str) -> dict:
+    """GET `path` through an aiohttp test client; its JSON body (the probe tests hand to `wait_for`)."""
+    return await (await client.get(path)).json()
+
+
+# The admin key the in-process test gateways install (GatewayConfig.admin_key) and their test clients send.
+TEST_ADMIN_KEY = "gf_test-admin-key-of-the-suite"
+AUTH = {"Authorization": f"Bearer {TEST_ADMIN_KEY}"}
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """`gpufaas ARGV` in this process: (exit code, stdout, stderr), with pytest's `capsys`."""
+    from gpufaas.gateway.cli import main
+
+    code = 0
+    try:
+        main(argv)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def tiny_scenario(tmp_path, stream: str) -> "Path":
+    """A 3 s scenario of the chain's image-classify workflow on 4 A100s with one workload `stream` (a YAML
+    flow mapping): several policies x loads x seeds run in seconds."""
+    from tests.conftest import FUNCTIONS, SCENARIOS
+
+    p = tmp_path / "tiny.yaml"
+    p.write_text(f"""
+name: tiny
+seed: 3
+duration_s: 3
+drain_s: 2
+cluster: {SCENARIOS / 'clusters' / 'a100x4.yaml'}
+functions: [{FUNCTIONS / 'preprocess'}, {FUNCTIONS / 'resnet50'}]
+workflows: [{FUNCTIONS / 'workflows' / 'image-classify.yaml'}]
+workload:
+  streams:
+    - {stream}
+""")
+    return p

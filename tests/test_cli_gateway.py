@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gpufaas.gateway.client import DEFAULT_GATEWAY, ENV_GATEWAY, resolve_gateway
+from gpufaas.gateway.client import DEFAULT_GATEWAY, ENV_API_KEY, ENV_DATA_DIR, ENV_GATEWAY, resolve_gateway
 from gpufaas.gateway.demo import free_port
 from gpufaas.platform.errors import UserError
 from tests.conftest import FUNCTIONS, ROOT
@@ -26,11 +26,15 @@ GPUFAAS = str(Path(sys.executable).parent / "gpufaas")
 STACK = FUNCTIONS / "stack.yaml"
 
 
+DATA_DIRS: dict[str, Path] = {}  # gateway URL -> its data dir, where `cli` lets the CLI find the admin key
+
+
 def start(data_dir: Path, port: int, *extra: str) -> subprocess.Popen:
     p = subprocess.Popen([sys.executable, "-m", "gpufaas.gateway", "--backend", "inproc", "--port", str(port),
                           "--data-dir", str(data_dir), "--policy", "batch1-wholegpu", *extra],
                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
+    DATA_DIRS[url] = data_dir
     for _ in range(300):
         try:
             urllib.request.urlopen(url + "/healthz", timeout=1).read()
@@ -41,6 +45,13 @@ def start(data_dir: Path, port: int, *extra: str) -> subprocess.Popen:
             time.sleep(0.05)
     p.kill()
     raise RuntimeError("gateway did not start")
+
+
+def fetch(gateway: str, path: str) -> dict:
+    """GET `path` from a gateway `start` started, with its admin key."""
+    key = (DATA_DIRS[gateway] / "admin.key").read_text().strip()
+    req = urllib.request.Request(gateway + path, headers={"Authorization": f"Bearer {key}"})
+    return json.loads(urllib.request.urlopen(req).read())
 
 
 def stop(p: subprocess.Popen, sig=signal.SIGINT) -> int:
@@ -59,6 +70,10 @@ def gateway(tmp_path_factory):
 def cli(*args: str, gateway: str | None = None, env: dict | None = None, stdin: str | None = None) -> subprocess.CompletedProcess:
     e = dict(os.environ)
     e.pop(ENV_GATEWAY, None)
+    e.pop(ENV_API_KEY, None)
+    target = gateway or (env or {}).get(ENV_GATEWAY)
+    if target in DATA_DIRS:  # as `gpufaas up` users do: the CLI reads <data-dir>/admin.key of a local gateway
+        e[ENV_DATA_DIR] = str(DATA_DIRS[target])
     e.update(env or {})
     argv = [GPUFAAS, *args] + (["--gateway", gateway] if gateway else [])
     return subprocess.run(argv, capture_output=True, text=True, env=e, input=stdin, timeout=120, cwd=ROOT)
@@ -110,7 +125,7 @@ def test_deploy_ls_describe_invoke_rm(gateway, tmp_path):
     acc = json.loads(cli("invoke", "video-analytics", "--async", "--json", gateway=gateway).stdout)
     assert acc["status"] == "pending" and acc["id"]
     for _ in range(100):
-        got = json.loads(urllib.request.urlopen(gateway + acc["location"]).read())
+        got = fetch(gateway, acc["location"])
         if got["status"] != "pending":
             break
         time.sleep(0.05)
@@ -186,10 +201,40 @@ def test_killed_gateway_comes_back(tmp_path):
         p.wait()
     p = start(data, port, "--cold-start-scale", "0")
     try:
-        got = json.loads(urllib.request.urlopen(url + acc["location"]).read())
+        got = fetch(url, acc["location"])
         assert got["status"] == "failed" and "gateway restarted before it finished" in got["reason"]
         names = {w["name"] for w in json.loads(cli("ls", "--json", gateway=url).stdout)["workflows"]}
         assert names == {"image-classify", "text-pipeline", "video-analytics"}
         assert json.loads(cli("invoke", "image-classify", "--slo-ms", "5000", "--json", gateway=url).stdout)["status"] == "completed"
     finally:
         assert stop(p) == 0
+
+
+def test_a_tenant_created_with_the_cli_works_with_its_own_key_and_sees_nothing_of_anothers(gateway, tmp_path):
+    """Issue 13's "done when", through the CLI: the admin creates two tenants; each deploys the same stack
+    under the same names with its own key, invokes, reads its usage, and sees nothing of the other's."""
+    keys = {}
+    for t in ("acme", "globex"):
+        p = cli("tenant", "create", t, "--weight", "2" if t == "acme" else "1", "--json", gateway=gateway)
+        assert p.returncode == 0, p.stderr
+        keys[t] = json.loads(p.stdout)["api_key"]
+    assert {r["name"] for r in json.loads(cli("tenant", "ls", "--json", gateway=gateway).stdout)["tenants"]} >= {"acme", "globex"}
+    one_line_error(cli("tenant", "create", "acme", gateway=gateway), 2, "exists")
+    for t, key in keys.items():
+        env = {ENV_API_KEY: key}
+        assert cli("deploy", "-f", str(STACK), gateway=gateway, env=env).returncode == 0
+        r = json.loads(cli("invoke", "image-classify", "--slo-ms", "5000", "--json", gateway=gateway, env=env).stdout)
+        assert r["status"] == "completed" and r["workflow"] == "image-classify"
+    acme = {"--api-key": keys["acme"]}
+    usage = json.loads(cli("usage", "--json", *[x for kv in acme.items() for x in kv], gateway=gateway).stdout)
+    assert usage["tenant"] == "acme" and usage["per_workflow"]["image-classify"]["invocations"] == 1
+    assert usage["cost"]["allocated_usd"] > 0
+    # globex removes its image-classify: acme's stays; acme's key cannot reach globex's things or the admin routes
+    g = {ENV_API_KEY: keys["globex"]}
+    assert cli("rm", "image-classify", gateway=gateway, env=g).returncode == 0
+    assert "image-classify" in {w["name"] for w in json.loads(cli("ls", "--json", gateway=gateway, env={ENV_API_KEY: keys["acme"]}).stdout)["workflows"]}
+    one_line_error(cli("invoke", "image-classify", gateway=gateway, env=g), 2, "unknown workflow 'image-classify'")
+    one_line_error(cli("tenant", "ls", gateway=gateway, env={ENV_API_KEY: keys["acme"]}), 2, "admin key only")
+    one_line_error(cli("ls", gateway=gateway, env={ENV_API_KEY: "gf_not-a-key-00000000000000000000"}), 2, "unknown API key")
+    text = cli("status", "--json", gateway=gateway, env={ENV_API_KEY: keys["acme"]}).stdout
+    assert "globex" not in text and "acme/" not in text

@@ -48,9 +48,9 @@ def test_virtual_clock_orders_by_time_then_fifo():
 
 def test_registry_refuses_duplicates_and_lists_names():
     r = Registry()
-    r.register("p", Batch1WholeGpu)
+    r.register("p", Batch1WholeGpu, Batch1WholeGpu.Params)
     with pytest.raises(ValueError, match="already registered"):
-        r.register("p", Batch1WholeGpu)
+        r.register("p", Batch1WholeGpu, Batch1WholeGpu.Params)
     with pytest.raises(UserError, match=r"unknown policy 'nope'; registered policies: .*batch1-wholegpu"):
         builtin_registry().make("nope")
     assert builtin_registry().make("tests.test_core_controller:Scripted").name == "scripted"
@@ -168,13 +168,13 @@ def test_histogram_quantiles_within_stated_error():
     import random
 
     from gpufaas.platform.accounting import Histogram
+    from gpufaas.platform.stats import quantile
     rng = random.Random(3)
     vals = [rng.lognormvariate(3, 1.2) for _ in range(20000)]
     h = Histogram()
     for v in vals:
         h.add(v)
-    vals.sort()
     for q in (0.5, 0.95, 0.99):
-        exact = vals[int(q * len(vals)) - 1]
-        assert abs(h.quantile(q) - exact) / exact < 0.02, (q, h.quantile(q), exact)
+        exact = quantile(vals, q)  # the project's one definition (numpy's default, see test_core_stats.py)
+        assert abs(h.quantile(q) - exact) / exact <= 0.01, (q, h.quantile(q), exact)
     assert h.quantile(1.0) == max(vals) and h.n == 20000

@@ -1,10 +1,10 @@
-"""Simulation: a golden deterministic run, same-seed reproducibility, and hypothesis properties
-(no GPU over-committed, every invocation ends exactly once)."""
+"""Simulation, under every registered policy: golden deterministic runs (tests/golden, regenerated only by
+`python -m tests.regen_golden`), same-seed reproducibility, and hypothesis properties (no GPU
+over-committed, every invocation ends exactly once)."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -13,44 +13,46 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from gpufaas.loadgen.scenario import load_scenario
 from gpufaas.loadgen.simdriver import run_scenario
+from gpufaas.platform.policy.registry import builtin_registry
 from tests.conftest import ROOT, SCENARIOS
+from tests.helpers import golden_cases, golden_path, golden_report
 
-GOLDEN_DIR = ROOT / "tests" / "golden"
-KEYS = ("invocations", "completed", "slo_hit_rate", "cost", "latency_ms", "cold_starts", "mean_batch", "per_workflow")
+POLICIES = builtin_registry().names()
 
 
 def short(name: str, seconds: float = 30):
     return load_scenario(SCENARIOS / f"{name}.yaml").model_copy(update={"duration_s": seconds})
 
 
-@pytest.mark.parametrize("policy,golden", [("batch1-wholegpu", "chain_batch1_30s.json"), ("esg", "chain_esg_30s.json")])
-def test_golden_run(policy, golden):
-    """The chain scenario (30 s) under `policy` reproduces the stored figures exactly. Regenerate after an
-    intended behaviour change with GPUFAAS_UPDATE_GOLDEN=1; a missing file is a failure, never written."""
-    path = GOLDEN_DIR / golden
-    r = run_scenario(short("chain"), policy, check_invariants=True, check_purity=True)
-    got = {k: r[k] for k in KEYS}
-    if os.environ.get("GPUFAAS_UPDATE_GOLDEN"):
-        path.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
-    assert path.exists(), f"{path} is missing; generate it with GPUFAAS_UPDATE_GOLDEN=1 and review it"
-    assert got == json.loads(path.read_text())
+@pytest.mark.parametrize("scenario,seconds,policy", golden_cases())
+def test_golden_run(scenario, seconds, policy):
+    """Every registered policy on each golden scenario reproduces the stored figures exactly. A missing
+    file is a failure, never written here: after an intended behaviour change (or a new policy) run
+    `python -m tests.regen_golden [policy|scenario ...]` and review the diff."""
+    path = golden_path(scenario, seconds, policy)
+    assert path.exists(), f"{path.name} is missing; generate it with `python -m tests.regen_golden {policy}` and review it"
+    assert golden_report(scenario, seconds, policy) == json.loads(path.read_text())
 
 
-def test_same_seed_same_numbers_other_seed_differs():
-    a = run_scenario(short("mixed", 10), "batch1-wholegpu", seed=7)
-    b = run_scenario(short("mixed", 10), "batch1-wholegpu", seed=7)
-    c = run_scenario(short("mixed", 10), "batch1-wholegpu", seed=8)
+@pytest.mark.parametrize("policy", POLICIES)
+def test_same_seed_same_numbers_other_seed_differs(policy):
+    a = run_scenario(short("mixed", 5), policy, seed=7)
+    b = run_scenario(short("mixed", 5), policy, seed=7)
+    c = run_scenario(short("mixed", 5), policy, seed=8)
     strip = lambda r: {k: v for k, v in r.items() if k not in ("sim_wall_s", "decision_us")}
     assert strip(a) == strip(b)
     assert a["invocations"] != c["invocations"]
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 10_000), load=st.sampled_from([0.2, 1.0, 3.0]), name=st.sampled_from(["chain", "video", "mixed"]),
-       policy=st.sampled_from(["esg", "infless", "fastgshare", "static", "batch1-wholegpu"]))
-def test_no_overcommit_and_every_invocation_ends_once(seed, load, name, policy):
+# NOTE: one hypothesis search per policy (parametrized), not a policy drawn by hypothesis: 15 draws over six
+# policies left some policies untried in a run. The backlog property of tests/test_esg_policy.py is esg's own
+# design (it dispatches only to idle instances); the controller allows a backlog, so it is not asserted here.
+@pytest.mark.parametrize("policy", POLICIES)
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), load=st.sampled_from([0.2, 1.0, 3.0]), name=st.sampled_from(["chain", "video", "mixed"]))
+def test_no_overcommit_and_every_invocation_ends_once(policy, seed, load, name):
     """Invariants are checked after every arrival (check_invariants) and the policy's purity on every call,
-    under every policy (the oracle is the esg platform with another search, too slow on video's DAG)."""
+    under every registered policy."""
     sc = short(name, 3).model_copy(update={"drain_s": 5})
 
     def count(ctl):
@@ -63,12 +65,13 @@ def test_no_overcommit_and_every_invocation_ends_once(seed, load, name, policy):
     assert r["refused_decisions"] == 0
 
 
-def test_on_done_called_exactly_once_per_invocation():
+@pytest.mark.parametrize("policy", POLICIES)
+def test_on_done_called_exactly_once_per_invocation(policy):
     from gpufaas.loadgen.simdriver import build_controller, build_policy
     from gpufaas.platform.clock import VirtualClock
     sc = short("video", 2)
     clock = VirtualClock()
-    ctl = build_controller(sc, build_policy(sc, "batch1-wholegpu"), clock)
+    ctl = build_controller(sc, build_policy(sc, policy), clock)
     calls: dict[int, int] = {}
     invs = [ctl.submit("video-analytics", on_done=lambda i: calls.__setitem__(i.id, calls.get(i.id, 0) + 1)) for _ in range(50)]
     clock.run(until_ns=60 * 10**9)

@@ -17,6 +17,7 @@ from gpufaas.gateway.app import create_app
 from gpufaas.gateway.client import load_stack
 from gpufaas.gateway.config import GatewayConfig
 from gpufaas.platform.backends.docker_backend import container_count
+from tests.helpers import AUTH, TEST_ADMIN_KEY
 
 pytestmark = pytest.mark.docker
 
@@ -32,9 +33,9 @@ def video_stack() -> list[tuple[str, dict, dict]]:
 
 async def test_up_backend_docker_serves_video_analytics(engine, tmp_path):
     port = 20000 + uuid.uuid4().int % 20000  # the backend's scope is named after the port
-    cfg = GatewayConfig(port=port, backend="docker", policy="batch1-wholegpu", data_dir=tmp_path / "data",
+    cfg = GatewayConfig(port=port, backend="docker", policy="batch1-wholegpu", data_dir=tmp_path / "data", admin_key=TEST_ADMIN_KEY,
                         cluster_file=ROOT / "loadgen" / "scenarios" / "clusters" / "a100x8-2nodes.yaml")
-    client = TestClient(TestServer(create_app(cfg), port=port))
+    client = TestClient(TestServer(create_app(cfg), port=port), headers=AUTH)
     await client.start_server()
     scope = f"gw{port}"
     try:

@@ -13,6 +13,7 @@ import yaml
 from gpufaas.gateway.app import create_app
 from gpufaas.gateway.config import GatewayConfig
 from tests.conftest import FUNCTIONS
+from tests.helpers import AUTH, TEST_ADMIN_KEY, get_json, wait_for
 
 
 def fn_spec(name: str) -> dict:
@@ -26,7 +27,7 @@ def wf_spec(name: str) -> dict:
 def make_cfg(tmp_path, **kw) -> GatewayConfig:
     kw.setdefault("backend", "inproc")
     kw.setdefault("cold_start_scale", 0.0)
-    return GatewayConfig(data_dir=tmp_path / "gw", **kw)
+    return GatewayConfig(data_dir=tmp_path / "gw", admin_key=TEST_ADMIN_KEY, **kw)
 
 
 async def deploy_chain(client) -> None:
@@ -39,7 +40,7 @@ async def deploy_chain(client) -> None:
 
 @pytest.fixture
 async def client(aiohttp_client, tmp_path):
-    c = await aiohttp_client(create_app(make_cfg(tmp_path, max_body_mb=0.5)))
+    c = await aiohttp_client(create_app(make_cfg(tmp_path, max_body_mb=0.5)), headers=AUTH)
     await deploy_chain(c)
     return c
 
@@ -75,11 +76,7 @@ async def test_async_invoke_then_get(client):
     assert r.status == 202
     acc = await r.json()
     assert acc["status"] == "pending" and acc["location"] == f"/v1/invocations/{acc['id']}"
-    for _ in range(200):
-        d = await (await client.get(acc["location"])).json()
-        if d["status"] != "pending":
-            break
-        await asyncio.sleep(0.01)
+    d = await wait_for(lambda: get_json(client, acc["location"]), lambda d: d["status"] != "pending", what="the async invocation to end")
     assert d["status"] == "completed" and d["id"] == acc["id"] and len(d["stages"]) == 2
     await expect_error(await client.get("/v1/invocations/nope-1"), 404, "not_found", "unknown invocation")
 
@@ -118,8 +115,8 @@ async def test_list_get_cluster_usage_metrics_openapi(client):
     assert set(u["cost"]) >= {"allocated_usd", "busy_usd", "gpu_seconds_allocated", "gpu_seconds_busy"}
     assert u["cost"]["allocated_usd"] > 0 and set(u["latency_ms"]) == {"p50", "p95", "p99"}
     m = await (await client.get("/metrics")).text()
-    assert f'gpufaas_invocations_total{{status="completed",workflow="image-classify"}} {u["completed"]:.1f}' in m
-    assert 'gpufaas_cold_starts_total{function="resnet50"}' in m and "gpufaas_gpu_share_in_use" in m
+    assert f'gpufaas_invocations_total{{status="completed",tenant="default",workflow="image-classify"}} {u["completed"]:.1f}' in m
+    assert 'gpufaas_cold_starts_total{function="resnet50",tenant="default"}' in m and "gpufaas_gpu_share_in_use_ratio{" in m
     assert "gpufaas_invocation_latency_seconds_bucket" in m
     doc = await (await client.get("/openapi.json")).json()
     assert doc["openapi"].startswith("3.") and "/v1/workflows/{name}/invoke" in doc["paths"]
@@ -197,7 +194,7 @@ async def test_slo_in_query_and_unknown_fields(client):
 
 async def test_stuck_invocation_times_out(aiohttp_client, tmp_path):
     # cold starts scaled by 1e4 never finish within the 0.3 s invocation timeout
-    c = await aiohttp_client(create_app(make_cfg(tmp_path, cold_start_scale=1e4, invocation_timeout_s=0.3, policy="batch1-wholegpu")))
+    c = await aiohttp_client(create_app(make_cfg(tmp_path, cold_start_scale=1e4, invocation_timeout_s=0.3, policy="batch1-wholegpu")), headers=AUTH)
     await deploy_chain(c)
     r = await c.post("/v1/workflows/image-classify/invoke", json={"slo_ms": 60000})
     d = await r.json()
@@ -212,9 +209,9 @@ async def test_sync_json_body_is_json_dumps_of_result_of(aiohttp_client, tmp_pat
     byte for byte json.dumps(result_of(...)) in every case: one exit, several exits, ended early with a reason."""
     import json
 
-    from gpufaas.gateway.app import PLATFORM
+    from gpufaas.gateway.http_io import PLATFORM
 
-    c = await aiohttp_client(create_app(make_cfg(tmp_path, policy="batch1-wholegpu")))
+    c = await aiohttp_client(create_app(make_cfg(tmp_path, policy="batch1-wholegpu")), headers=AUTH)
     await deploy_chain(c)
     r = await c.post("/v1/functions", json={"spec": fn_spec("mobilenet-v2"), "files": {"handler.py": "# test\n"}})
     assert r.status == 201, await r.text()
@@ -229,7 +226,7 @@ async def test_sync_json_body_is_json_dumps_of_result_of(aiohttp_client, tmp_pat
         assert plat.result_json(inv, inv_id) == want
 
     for wf, slo in (("image-classify", None), ("image-classify", 0.001), ("two-exits", 250.5)):
-        inv_id, inv = await plat.invoke(wf, None, slo)
+        inv_id, inv = await plat.invoke(plat.workflow("default", wf), None, slo)
         assert inv.status.name == "COMPLETED"
         same(inv_id, inv)
     # ended before it ran, with a reason that json must escape
@@ -247,24 +244,28 @@ async def test_inproc_zero_time_batches_all_end_once_with_accounting(tmp_path):
     """The inproc backend ends zero-time batches that the controller dispatches while others end in the same
     callback (issue #6): every invocation still goes through the controller and ends exactly once, with one
     batch each (batch1-wholegpu) and consistent GPU accounting."""
-    from gpufaas.gateway.app import Platform
+    from gpufaas.gateway.service import Platform
     from gpufaas.gateway.metrics import Metrics
     from gpufaas.platform.specs import FunctionSpec, WorkflowSpec, parse
 
     plat = Platform(make_cfg(tmp_path, zero_profile=True, policy="batch1-wholegpu"), Metrics())
     await plat.start()
     try:
-        await plat.deploy_function(parse(FunctionSpec, {"name": "zero", "model": "zero", "batch_sizes": [1, 2, 4, 8], "shares": [1.0],
+        await plat.deploy_function("default", parse(FunctionSpec, {"name": "zero", "model": "zero", "batch_sizes": [1, 2, 4, 8], "shares": [1.0],
                                                         "outputs": {"y": {"dtype": "float32", "shape": [4]}}}, "t"), {})
-        plat.deploy_workflow(parse(WorkflowSpec, {"name": "zero-wf", "slo_ms": 1000, "stages": [{"name": "s", "function": "zero"}]}, "t"))
+        plat.deploy_workflow("default", parse(WorkflowSpec, {"name": "zero-wf", "slo_ms": 1000, "stages": [{"name": "s", "function": "zero"}]}, "t"))
         ctl = plat.ctl
-        await plat.invoke("zero-wf", None, None)  # the instance is warm
+        await plat.invoke(plat.workflow("default", "zero-wf"), None, None)  # the instance is warm
         ended: list = []
-        invs = [ctl.submit("zero-wf", None, on_done=ended.append) for _ in range(200)]
-        for _ in range(1000):
-            if len(ended) == len(invs):
-                break
-            await asyncio.sleep(0.001)
+        all_ended = asyncio.Event()
+
+        def end(inv) -> None:
+            ended.append(inv)
+            if len(ended) == 200:
+                all_ended.set()
+
+        invs = [ctl.submit("zero-wf", None, on_done=end) for _ in range(200)]
+        await asyncio.wait_for(all_ended.wait(), 10)
         assert sorted(i.id for i in ended) == sorted(i.id for i in invs)  # each exactly once
         assert all(i.status.name == "COMPLETED" and i.outputs[0]["y"].shape == (4,) for i in invs)
         assert ctl.acct.completed == 201 and ctl.acct.batches == 201 and not ctl.inflight and not ctl.jobs
@@ -276,7 +277,7 @@ async def test_inproc_zero_time_batches_all_end_once_with_accounting(tmp_path):
 async def test_first_invoke_on_idle_gateway_returns_result_with_slo_missed(aiohttp_client, tmp_path):
     """Right after a deploy nothing is warm and the cold start exceeds the 100 ms SLO: the invocation
     still runs (esg, on_deadline_miss: run) and answers 200 with its result and slo_met false."""
-    c = await aiohttp_client(create_app(make_cfg(tmp_path, cold_start_scale=0.2)))
+    c = await aiohttp_client(create_app(make_cfg(tmp_path, cold_start_scale=0.2)), headers=AUTH)
     await deploy_chain(c)
     r = await c.post("/v1/workflows/image-classify/invoke", json={})
     assert r.status == 200, await r.text()

@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gpufaas.gateway.app import create_app
 from gpufaas.gateway.config import GatewayConfig
 from tests.conftest import FUNCTIONS
+from tests.helpers import AUTH, TEST_ADMIN_KEY
 
 pytestmark = pytest.mark.slow
 
@@ -36,8 +37,8 @@ async def test_process_backend_deploy_invoke_close(tmp_path):
     before = children()
     spec = yaml.safe_load((FUNCTIONS / "aggregator" / "function.yaml").read_text())
     handler = (FUNCTIONS / "aggregator" / "handler.py").read_text()
-    cfg = GatewayConfig(backend="process", policy="batch1-wholegpu", data_dir=tmp_path / "gw", keep_alive_s=60)
-    async with TestClient(TestServer(create_app(cfg))) as c:
+    cfg = GatewayConfig(backend="process", policy="batch1-wholegpu", data_dir=tmp_path / "gw", keep_alive_s=60, admin_key=TEST_ADMIN_KEY)
+    async with TestClient(TestServer(create_app(cfg)), headers=AUTH) as c:
         bad = await c.post("/v1/functions", json={"spec": {**spec, "name": "broken"}, "files": {"handler.py": "def build(:\n"}})
         assert bad.status == 422, await bad.text()
         err = (await bad.json())["error"]

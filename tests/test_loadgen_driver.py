@@ -175,11 +175,12 @@ def test_cli_json_csv_plot_and_bench_against_a_server_process(tmp_path, capsys):
     """The happy path end to end: the benchmark's trivial server in its own process, `gpufaas loadgen
     --workload FILE --json --csv --plot`, then `gpufaas bench loadgen --json` (shape only, no timing asserts)."""
     from gpufaas.gateway.cli import main
-    from gpufaas.gateway.cli.bench_loadgen import start_trivial_server
+    from gpufaas.loadgen import standin
 
     wfile = tmp_path / "wl.yaml"
     wfile.write_text("streams:\n  - {workflow: bench, arrival: gamma, rate_rps: 40, cv: 2}\n")
-    proc, url = start_trivial_server()
+    proc, port = standin.start("gpufaas.loadgen.standin")
+    url = f"http://127.0.0.1:{port}"
     try:
         main(["loadgen", "--gateway", url, "--workload", str(wfile), "--duration", "1", "--json",
               "--csv", str(tmp_path / "r.csv"), "--plot", str(tmp_path / "r.png")])

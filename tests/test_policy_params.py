@@ -9,24 +9,16 @@ import pytest
 import yaml
 from hypothesis import given, strategies as st
 
-from gpufaas.gateway.cli import main
 from gpufaas.loadgen.scenario import load_scenario
 from gpufaas.platform.errors import SpecError, UserError
 from gpufaas.platform.policy.interface import Policy
 from gpufaas.platform.policy.params import PolicyParams, allowed, parse_set
 from gpufaas.platform.policy.registry import Registry, builtin_registry
+from tests.helpers import run_cli
 
 REG = builtin_registry()
 
 
-def _run(argv: list[str], capsys) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(argv)
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.mark.parametrize("name", REG.names())
@@ -117,34 +109,34 @@ def test_a_scenarios_params_are_checked_on_load_and_the_old_name_still_reads(tin
 
 
 def test_sim_set_is_checked_before_the_first_run_and_reaches_the_policy(tiny, capsys):
-    code, out, err = _run(["sim", "--scenario", str(tiny), "--policy", "esg,infless", "--set", "infless.tick_ms=-3"], capsys)
+    code, out, err = run_cli(["sim", "--scenario", str(tiny), "--policy", "esg,infless", "--set", "infless.tick_ms=-3"], capsys)
     assert code == 2 and out == "" and err.count("\n") == 1
     assert "error: --set: policy 'infless': tick_ms must be greater than 0, got -3" in err
-    code, _, err = _run(["sim", "--scenario", str(tiny), "--policy", "esg", "--set", "static.tick_ms=3"], capsys)
+    code, _, err = run_cli(["sim", "--scenario", str(tiny), "--policy", "esg", "--set", "static.tick_ms=3"], capsys)
     assert code == 2 and "policy 'static' is not in this run" in err
     # the same run with a parameter that changes what the policy does: a 50 ms scaling tick, not 500 ms
     runs = {}
     for extra in ([], ["--set", "fastgshare.tick_ms=50"]):
-        code, out, err = _run(["sim", "--scenario", str(tiny), "--policy", "fastgshare", "--json", *extra], capsys)
+        code, out, err = run_cli(["sim", "--scenario", str(tiny), "--policy", "fastgshare", "--json", *extra], capsys)
         assert code == 0, err
         runs[bool(extra)] = json.loads(out)["results"][0]
     assert runs[True]["events"] > runs[False]["events"]  # ten times as many scaling ticks
 
 
 def test_sim_names_a_shipped_scenario(capsys):
-    code, _, err = _run(["sim", "--scenario", "no-such-scenario"], capsys)
+    code, _, err = run_cli(["sim", "--scenario", "no-such-scenario"], capsys)
     assert code == 2 and "give a file path or one of" in err and "chain" in err
 
 
 def test_up_set_is_checked_before_the_gateway_starts(capsys):
-    code, _, err = _run(["up", "--port", "0", "--set", "esg.target_hit=2"], capsys)
+    code, _, err = run_cli(["up", "--port", "0", "--set", "esg.target_hit=2"], capsys)
     assert code == 2 and "error: --set: policy 'esg': target_hit must be less than 1, got 2" in err
-    code, _, err = _run(["up", "--port", "0", "--policy", "static", "--set", "esg.epsilon=1"], capsys)
+    code, _, err = run_cli(["up", "--port", "0", "--policy", "static", "--set", "esg.epsilon=1"], capsys)
     assert code == 2 and "policy 'esg' is not the gateway's (--policy static)" in err
 
 
 def test_policies_lists_every_policy_and_its_ranges(capsys):
-    code, out, _ = _run(["policies", "--json"], capsys)
+    code, out, _ = run_cli(["policies", "--json"], capsys)
     listed = json.loads(out)
     assert code == 0 and set(listed) == set(REG.names())
     assert listed["esg"]["target_hit"]["allowed"] == "in [0.5, 1)" and listed["batch1-wholegpu"] == {}

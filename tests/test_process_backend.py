@@ -81,9 +81,9 @@ async def test_cold_then_warm_start(tmp_path: Path) -> None:
         assert inv.outputs[0]["y"].shape == (2,) and inv.outputs[0]["y"].dtype == np.float32
         (inst,) = ctl.instances.values()
         info = inst.info
-        for k in ("spawn", "imports", "model_build", "first_batch", "total"):
+        for k in ("spawn_ms", "imports_ms", "model_build_ms", "first_batch_ms", "cold_start_ms"):
             assert info[k] >= 0, k
-        assert info["total"] >= info["spawn"] + info["imports"] and info["total"] > 0
+        assert info["cold_start_ms"] >= info["spawn_ms"] + info["imports_ms"] and info["cold_start_ms"] > 0
         assert info["execute"] == "emulated" and alive(info["pid"])
         cold_ms = (inv.finish_ns - inv.arrival_ns) / 1e6
         warm = await asyncio.wait_for(submit(ctl, GOOD), 10)
@@ -178,3 +178,14 @@ async def test_worker_that_cannot_start_fails_the_invocation(tmp_path: Path) -> 
         assert not ctl.instances and not ctl.inflight
     finally:
         await be.aclose()
+
+
+async def test_bench_dispatch_figures() -> None:
+    """The shared dispatch probe on the process backend (built through the registry): figure names."""
+    from gpufaas.gateway.cli.bench_dispatch import measure_backend
+
+    r = await measure_backend("process", num_warm=10)
+    assert r["backend"] == "process" and r["execute"] == "emulated" and r["num_warm"] == 10
+    assert 0 < r["warm_rtt_ms"]["p50"] <= r["invocation_rtt_ms"]["p50"]
+    assert r["cold_start_ms"] > 0
+    assert set(r["cold_start_parts_ms"]) == {"spawn_ms", "imports_ms", "model_build_ms", "first_batch_ms"}

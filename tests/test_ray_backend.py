@@ -17,7 +17,7 @@ ray = pytest.importorskip("ray", reason="ray is not installed (pip install -e '.
 
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from gpufaas.platform.backends.docker_backend import measure_dispatch  # noqa: E402
+from gpufaas.gateway.cli.bench_dispatch import bench_function, measure  # noqa: E402
 from gpufaas.platform.backends.ray_backend import RayBackend, node_resources  # noqa: E402
 from gpufaas.platform.clock import LoopClock  # noqa: E402
 from gpufaas.platform.controller import Controller  # noqa: E402
@@ -27,7 +27,7 @@ from gpufaas.platform.profiles import Profiles  # noqa: E402
 from gpufaas.platform.runtime import FunctionRt, Gpu, Instance, InvocationStatus  # noqa: E402
 from gpufaas.platform.specs import ClusterSpec, FunctionSpec, WorkflowSpec, load_yaml  # noqa: E402
 
-from tests.helpers import chain, function  # noqa: E402
+from tests.helpers import AUTH, TEST_ADMIN_KEY, chain, function  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -121,6 +121,7 @@ async def test_four_quarter_shares_pack_one_gpu_and_a_fifth_waits(backend):
     assert {info["node_id"] for info in rec.ready.values()} == {node0}
     assert {tuple(info["gpu_ids"]) for info in rec.ready.values()} == {("0",)}, "all four share the one GPU"
     backend.start(insts[4])
+    # NOTE: showing that something does NOT happen needs a window: 3 s is many times Ray's actor start here
     await asyncio.sleep(3.0)
     assert insts[4].id not in rec.ready and not rec.failed, "a fifth 0.25 actor must wait for room"
     backend.stop(insts[0])
@@ -169,7 +170,7 @@ async def test_actor_killed_mid_batch_is_replaced_and_the_job_retried(ray_cluste
         fut = asyncio.get_running_loop().create_future()
         ctl.submit("wf", None, on_done=lambda inv: fut.set_result(inv))
         assert await _until(lambda: inst.current is not None and inst.current.start_ns > 0)
-        await asyncio.sleep(0.3)
+        # the batch is on the instance (dispatched, 3-5 s hold): a kill now is a kill mid-batch
         ray.kill(be.actor_of(inst), no_restart=True)
         be.test_hold_ms = None
         inv = await asyncio.wait_for(fut, 120)
@@ -207,15 +208,11 @@ async def test_video_analytics_end_to_end(ray_cluster):
         be.close()
 
 
-async def test_bench_dispatch_figures(ray_cluster):
-    be = RayBackend(address=ray_cluster.address)
-    try:
-        r = await measure_dispatch(be, num_warm=50)
-    finally:
-        be.close()
-    assert r["backend"] == "ray" and r["warm_rtt_ms"]["p50"] > 0
-    assert r["cold_start_ms"]["cold_start_ms"] > 0
-    print(r)
+async def test_bench_dispatch_figures(ray_cluster, tmp_path):
+    spec, bundle = bench_function("emulated", "", tmp_path)
+    r = await measure(RayBackend(address=ray_cluster.address), spec, bundle, num_warm=50)  # closes the backend
+    assert r["backend"] == "ray" and 0 < r["warm_rtt_ms"]["p50"] <= r["invocation_rtt_ms"]["p50"]
+    assert r["cold_start_ms"] > 0 and {"actor_create_ms", "model_build_ms"} <= set(r["cold_start_parts_ms"])
 
 
 async def test_up_backend_ray_serves_video_analytics(ray_cluster, tmp_path, monkeypatch):
@@ -231,8 +228,8 @@ async def test_up_backend_ray_serves_video_analytics(ray_cluster, tmp_path, monk
     monkeypatch.setenv("RAY_ADDRESS", ray_cluster.address)
     cluster_file = tmp_path / "cluster.yaml"
     cluster_file.write_text(yaml.safe_dump(video_cluster().model_dump(mode="json")))
-    cfg = GatewayConfig(port=0, backend="ray", policy="batch1-wholegpu", data_dir=tmp_path / "data", cluster_file=cluster_file)
-    client = TestClient(TestServer(create_app(cfg)))
+    cfg = GatewayConfig(port=0, backend="ray", policy="batch1-wholegpu", data_dir=tmp_path / "data", cluster_file=cluster_file, admin_key=TEST_ADMIN_KEY)
+    client = TestClient(TestServer(create_app(cfg)), headers=AUTH)
     await client.start_server()
     try:
         for kind, spec, files in load_stack(FUNCTIONS / "stack.yaml", env={}):

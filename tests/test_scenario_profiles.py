@@ -1,6 +1,6 @@
 """A scenario's own profiles folder, and `--profiles DIR` on `gpufaas sim`, `gpufaas up` and `gpufaas profile`.
 
-User folders are searched before the shipped profiles (platform/profiles/), so a scenario can run on a GPU
+User folders are searched before the shipped profiles (platform/profile_tables/), so a scenario can run on a GPU
 type that ships no profile; a missing profile says where it looked and what to do; a profile file that
 fails validation is named. The fixture folder tests/fixtures/profiles-v100/ holds a made-up "V100-32GB"
 (synthetic: the shipped A100 tables scaled by 2.0, checked below) and tests/fixtures/v100x4.yaml uses it.
@@ -22,6 +22,7 @@ from gpufaas.platform.clock import VirtualClock
 from gpufaas.platform.errors import ProfileError, SpecError
 from gpufaas.platform.profiles import SHIPPED_DIR, Profile, Profiles
 from tests.conftest import FUNCTIONS, ROOT
+from tests.helpers import AUTH, TEST_ADMIN_KEY
 
 FIXTURES = ROOT / "tests" / "fixtures"
 V100_DIR = FIXTURES / "profiles-v100"
@@ -231,14 +232,14 @@ async def test_the_gateway_deploys_on_a_gpu_type_from_a_profiles_folder(aiohttp_
     spec = {**yaml.safe_load((FUNCTIONS / "preprocess" / "function.yaml").read_text()), "shares": V100_SHARES}
 
     def cfg(name: str) -> GatewayConfig:
-        return GatewayConfig(backend="inproc", cold_start_scale=0.0, data_dir=tmp_path / name, cluster_file=cluster)
+        return GatewayConfig(backend="inproc", cold_start_scale=0.0, data_dir=tmp_path / name, cluster_file=cluster, admin_key=TEST_ADMIN_KEY)
 
-    bare = await aiohttp_client(create_app(cfg("bare")))
+    bare = await aiohttp_client(create_app(cfg("bare")), headers=AUTH)
     r = await bare.post("/v1/functions", json={"spec": spec, "files": {"handler.py": "# test\n"}})
     assert r.status == 422
     msg = (await r.json())["error"]["message"]
     assert "no profile for model 'preprocess' on GPU type 'V100-32GB'" in msg and f"{SHIPPED_DIR} (shipped)" in msg
 
-    c = await aiohttp_client(create_app(cfg("with"), profiles_dirs=(V100_DIR,)))
+    c = await aiohttp_client(create_app(cfg("with"), profiles_dirs=(V100_DIR,)), headers=AUTH)
     r = await c.post("/v1/functions", json={"spec": spec, "files": {"handler.py": "# test\n"}})
     assert r.status == 201, await r.text()

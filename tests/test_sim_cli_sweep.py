@@ -9,45 +9,24 @@ import sys
 
 import pytest
 
-from tests.conftest import FUNCTIONS, SCENARIOS
+from tests.conftest import SCENARIOS
 
-from gpufaas.gateway.cli import main
 from gpufaas.gateway.cli.sim import parse_sweep
 from gpufaas.platform.errors import UserError
+from tests.helpers import run_cli, tiny_scenario
 
 
 @pytest.fixture
 def tiny(tmp_path):
     """The chain scenario, 3 s at 40 rps: fast enough to run several policies and loads."""
-    p = tmp_path / "tiny.yaml"
-    p.write_text(f"""
-name: tiny
-seed: 3
-duration_s: 3
-drain_s: 2
-cluster: {SCENARIOS / 'clusters' / 'a100x4.yaml'}
-functions: [{FUNCTIONS / 'preprocess'}, {FUNCTIONS / 'resnet50'}]
-workflows: [{FUNCTIONS / 'workflows' / 'image-classify.yaml'}]
-workload:
-  streams:
-    - {{workflow: image-classify, arrival: poisson, rate_rps: 40}}
-""")
-    return p
+    return tiny_scenario(tmp_path, "{workflow: image-classify, arrival: poisson, rate_rps: 40}")
 
 
-def _run(argv, capsys):
-    code = 0
-    try:
-        main(argv)
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_sweep_writes_json_csv_and_png(tiny, tmp_path, capsys):
     png, csv_path = tmp_path / "o.png", tmp_path / "o.csv"
-    code, out, err = _run(["sim", "--scenario", str(tiny), "--policy", "static,fastgshare,batch1-wholegpu",
+    code, out, err = run_cli(["sim", "--scenario", str(tiny), "--policy", "static,fastgshare,batch1-wholegpu",
                            "--sweep", "load=0.5,2", "--plot", str(png), "--csv", str(csv_path), "--json"], capsys)
     assert code == 0, err
     doc = json.loads(out)
@@ -66,14 +45,14 @@ def test_sweep_writes_json_csv_and_png(tiny, tmp_path, capsys):
 
 
 def test_table_output_without_json(tiny, capsys):
-    code, out, err = _run(["sim", "--scenario", str(tiny), "--policy", "infless"], capsys)
+    code, out, err = run_cli(["sim", "--scenario", str(tiny), "--policy", "infless"], capsys)
     assert code == 0, err
     assert "infless" in out and "SLO hit" in out
 
 
 @pytest.mark.parametrize("value", ["load=0", "load=-1", "load=abc", "load=1,,2", "load=inf", "speed=1", "1,2"])
 def test_bad_sweep_values_exit_2_before_running(tiny, capsys, value):
-    code, out, err = _run(["sim", "--scenario", str(tiny), "--policy", "static", "--sweep", value], capsys)
+    code, out, err = run_cli(["sim", "--scenario", str(tiny), "--policy", "static", "--sweep", value], capsys)
     assert code == 2
     assert err.startswith("error: --sweep:") and err.count("\n") == 1
     assert out == ""
@@ -87,7 +66,7 @@ def test_parse_sweep_values():
 
 
 def test_unknown_policy_lists_registered_ones(tiny, capsys):
-    code, out, err = _run(["sim", "--scenario", str(tiny), "--policy", "static,nosuch"], capsys)
+    code, out, err = run_cli(["sim", "--scenario", str(tiny), "--policy", "static,nosuch"], capsys)
     assert code == 2
     for name in ("infless", "fastgshare", "static", "batch1-wholegpu"):
         assert name in err
@@ -96,10 +75,10 @@ def test_unknown_policy_lists_registered_ones(tiny, capsys):
 
 @pytest.mark.parametrize("flag", ["--plot", "--csv"])
 def test_unwritable_output_exit_2_before_running(tiny, tmp_path, capsys, flag):
-    code, out, err = _run(["sim", "--scenario", str(tiny), "--policy", "static", flag, str(tmp_path / "nodir" / "x")], capsys)
+    code, out, err = run_cli(["sim", "--scenario", str(tiny), "--policy", "static", flag, str(tmp_path / "nodir" / "x")], capsys)
     assert code == 2
     assert err.startswith(f"error: {flag}:") and err.count("\n") == 1
-    code, out, err = _run(["sim", "--scenario", str(tiny), "--policy", "static", flag, str(tmp_path)], capsys)
+    code, out, err = run_cli(["sim", "--scenario", str(tiny), "--policy", "static", flag, str(tmp_path)], capsys)
     assert code == 2 and "directory" in err
 
 
@@ -115,7 +94,7 @@ def test_jobs_run_the_cells_in_processes_with_the_same_numbers(tiny, capsys):
     what -j 1 gives, in the same order."""
     runs = {}
     for j in ("1", "2"):
-        code, out, err = _run(["sim", "--scenario", str(tiny), "--policy", "esg,static", "--sweep", "load=0.5,2",
+        code, out, err = run_cli(["sim", "--scenario", str(tiny), "--policy", "esg,static", "--sweep", "load=0.5,2",
                                "--set", "esg.epsilon=0", "-j", j, "--json"], capsys)
         assert code == 0, err
         runs[j] = [{k: v for k, v in r.items() if k not in ("sim_wall_s", "decision_us")} for r in json.loads(out)["results"]]
@@ -139,8 +118,8 @@ def test_a_sweep_a_timestamps_trace_cannot_replay_is_refused_before_the_first_ru
     p = tmp_path / "ts.yaml"
     p.write_text(yaml.safe_dump(data))
     out_csv = tmp_path / "o.csv"
-    code, out, err = _run(["sim", "--scenario", str(p), "--policy", "static", "--sweep", "load=0.5,2", "--csv", str(out_csv)], capsys)
+    code, out, err = run_cli(["sim", "--scenario", str(p), "--policy", "static", "--sweep", "load=0.5,2", "--csv", str(out_csv)], capsys)
     assert code == 2 and out == "" and not out_csv.exists()
     assert "--sweep: load 2 is above what the timestamps trace" in err and "use loads <= 1" in err
-    code, out, err = _run(["sim", "--scenario", str(p), "--policy", "static", "--sweep", "load=0.5", "--json"], capsys)
+    code, out, err = run_cli(["sim", "--scenario", str(p), "--policy", "static", "--sweep", "load=0.5", "--json"], capsys)
     assert code == 0, err

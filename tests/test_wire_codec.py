@@ -103,3 +103,17 @@ async def test_asyncio_reader() -> None:
     assert await wire.read_message(r) == (Kind.READY, {"parts_ms": {"imports": 1.5}})
     with pytest.raises(WireError):
         await wire.read_message(r)
+
+
+def test_ready_parts_named_as_in_every_backends_info() -> None:
+    _, m = wire.decode_frame(wire.encode(Kind.READY, parts_ms={"imports": 12.34567, "model_build": 0, "first_batch": 1}))
+    assert wire.ready_parts_ms(m) == {"imports_ms": 12.346, "model_build_ms": 0.0, "first_batch_ms": 1.0}
+    assert wire.ready_parts_ms({}) == {}
+
+
+def test_bytes_items_cross_unchanged() -> None:
+    """What the docker backend's own codec used to carry (raw bytes beside tensors) the one codec carries too."""
+    frame = np.arange(12, dtype=np.float16).reshape(3, 4)
+    _, m = wire.decode_frame(wire.encode(Kind.BATCH, id=1, items=[{"frame": frame, "raw": b"\x00\x01"}], hold_ns=0))
+    item = m["items"][0]
+    assert item["raw"] == b"\x00\x01" and item["frame"].dtype == np.float16 and np.array_equal(item["frame"], frame)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from gpufaas.platform.errors import SpecError
+
 from gpufaas.platform import bundle
 from gpufaas.platform.bundle import BundleError, validate_bundle
 from tests.conftest import FUNCTIONS
@@ -68,8 +70,8 @@ def test_missing_handler_file_and_bad_handler_field(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="handler.py: handler file not found"):
         validate_bundle(d, bundle.load_spec(d))
     d2 = make(tmp_path, GOOD, SPEC + "handler: 'nocolon'\n")
-    with pytest.raises(BundleError, match="function.yaml: handler: 'nocolon' is not 'module:callable'"):
-        validate_bundle(d2, bundle.load_spec(d2))
+    with pytest.raises(SpecError, match="function.yaml: handler: 'nocolon' is not 'module:callable'"):
+        bundle.load_spec(d2)
 
 
 def test_spec_passed_at_deploy_is_the_one_checked(tmp_path: Path) -> None:

@@ -8,30 +8,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from gpufaas.functions.layers import InvertedResidual, conv_bn
+
 # (expansion t, channels c, repeats n, stride s), as in Sandler et al. 2018, Table 2
 CONFIG = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
-
-
-def conv_bn(cin: int, cout: int, k: int, s: int, groups: int = 1, act: bool = True) -> nn.Sequential:
-    layers = [nn.Conv2d(cin, cout, k, s, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
-    if act:
-        layers.append(nn.ReLU6(inplace=True))
-    return nn.Sequential(*layers)
-
-
-class InvertedResidual(nn.Module):
-    """1x1 expand -> 3x3 depthwise (stride) -> 1x1 linear project; residual when stride 1 and same width."""
-
-    def __init__(self, cin: int, cout: int, stride: int, t: int) -> None:
-        super().__init__()
-        hid = cin * t
-        layers = [] if t == 1 else [conv_bn(cin, hid, 1, 1)]
-        layers += [conv_bn(hid, hid, 3, stride, groups=hid), conv_bn(hid, cout, 1, 1, act=False)]
-        self.body = nn.Sequential(*layers)
-        self.res = stride == 1 and cin == cout
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x) if self.res else self.body(x)
 
 
 def _ch(c: float) -> int:

@@ -1,7 +1,7 @@
 """The `gpufaas` command line: one module per verb (`sim.py`, `bench.py`, ...), registered here.
 
-`main()` turns every `UserError` into a one-line `error: ...` on stderr with exit code 2 and no
-traceback; click's own usage errors also exit 2.
+`main()` turns every `UserError` into `error: ...` on stderr (one line; a spec that fails validation in
+several places gets one line per error) with exit code 2 and no traceback; click's usage errors also exit 2.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def cli() -> None:
 
 def _register() -> None:
     """Add every verb; this file is the one place that names them."""
-    from gpufaas.gateway.cli import bench, gateway_cmds, loadgen_cmd, profile_cmd, sim
+    from gpufaas.gateway.cli import bench, fidelity_cmd, gateway_cmds, loadgen_cmd, profile_cmd, sim, tenant_cmd, ui_cmd
     from gpufaas.loadgen import results
 
     cli.add_command(sim.sim)
@@ -35,7 +35,7 @@ def _register() -> None:
     cli.add_command(results.COMMAND)
     bench.register_all()
     cli.add_command(bench.bench)
-    for mod in (gateway_cmds, loadgen_cmd, profile_cmd):
+    for mod in (gateway_cmds, loadgen_cmd, profile_cmd, tenant_cmd, ui_cmd, fidelity_cmd):
         for cmd in mod.COMMANDS:
             cli.add_command(cmd)
 
@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="gpufaas", standalone_mode=False)
     except UserError as e:
-        click.echo(f"error: {e}", err=True)
+        for line in str(e).splitlines() or [""]:  # a spec with several errors: one line each
+            click.echo(f"error: {line}", err=True)
         sys.exit(e.exit_code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

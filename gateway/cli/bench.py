@@ -1,4 +1,7 @@
-"""`gpufaas bench`: the project's benchmarks, each a subcommand with `--json`; `all` runs every one."""
+"""`gpufaas bench`: the project's benchmarks, each a subcommand with `--json`; `all` runs every one.
+
+On a terminal each benchmark shows its progress on stderr (off with --json and off a terminal); the
+figures go to stdout."""
 
 from __future__ import annotations
 
@@ -50,7 +53,12 @@ def sim_speed(policy: str = "batch1-wholegpu", duration_s: float | None = None) 
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def bench_sim(policy: str, duration_s: float | None, as_json: bool) -> None:
     """Simulator speed: invocations per wall second on mixed.yaml, one core."""
-    emit("sim", sim_speed(policy, duration_s), as_json)
+    from gpufaas.gateway.cli import progress
+
+    with progress.make(as_json, counts=False, transient=True) as bar:  # a spinner on stderr on a terminal
+        bar.add_task("bench sim", total=None, info=f"{policy} on mixed.yaml")
+        result = sim_speed(policy, duration_s)
+    emit("sim", result, as_json)
 
 
 # NOTE: other benchmarks live beside the code they measure, each module exporting COMMAND (a click

@@ -12,68 +12,29 @@ from __future__ import annotations
 
 import os
 import resource
-import subprocess
-import sys
 import time
+from typing import Callable
 
 import click
 
-# NOTE: the server is a separate interpreter started with -c so it needs no importable module and never
-# shares the driver's core or GIL; it prints its port once it listens.
-_SERVER = r"""
-import asyncio, json, sys
-import uvloop
-from aiohttp import web
-BODY = json.dumps({"id": "x", "workflow": "w", "status": "completed", "slo_met": True, "latency_ms": 0.0, "stages": []}).encode()
-async def invoke(request):
-    await request.read()
-    return web.Response(body=BODY, content_type="application/json")
-async def workflows(request):
-    return web.json_response({"workflows": [{"name": "bench"}]})
-async def usage(request):
-    return web.json_response({"cost": {"allocated_usd": 0.0, "busy_usd": 0.0}})
-async def healthz(request):
-    return web.json_response({"status": "ok"})
-async def main():
-    app = web.Application()
-    app.router.add_post("/v1/workflows/{name}/invoke", invoke)
-    app.router.add_get("/v1/workflows", workflows)
-    app.router.add_get("/v1/usage", usage)
-    app.router.add_get("/healthz", healthz)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-    await site.start()
-    print(runner.addresses[0][1], flush=True)
-    await asyncio.Event().wait()
-uvloop.run(main())
-"""
-
-
-def start_trivial_server() -> tuple[subprocess.Popen, str]:
-    """Start the trivial server process; returns (process, base URL). The caller terminates it."""
-    proc = subprocess.Popen([sys.executable, "-c", _SERVER], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline().strip()
-    if not line.isdigit():
-        proc.kill()
-        raise RuntimeError(f"trivial server did not start (printed {line!r})")
-    return proc, f"http://127.0.0.1:{line}"
-
-
 def measure(rate_rps: float = 2000.0, duration_s: float = 10.0, arrival: str = "poisson", connections: int = 256,
-            client: str = "fast") -> dict:
-    """Run the driver against a fresh trivial server; returns the benchmark's figures."""
-    from gpufaas.loadgen import live_report
+            client: str = "fast", progress: Callable[[float, int, int, int], None] | None = None) -> dict:
+    """Run the driver against a fresh trivial server; returns the benchmark's figures. `progress` is the
+    Driver's callback (elapsed_s, sent, completed, errors), about twice a second."""
+    from gpufaas.loadgen import live_report, standin
     from gpufaas.loadgen.driver import Driver, run_blocking
     from gpufaas.loadgen.workload import StreamSpec, WorkloadSpec
 
     wl = WorkloadSpec(streams=[StreamSpec(workflow="bench", arrival=arrival, rate_rps=rate_rps)])
-    proc, url = start_trivial_server()
+    # NOTE: the stand-in is a separate interpreter (`python -m gpufaas.loadgen.standin`), so it never shares
+    # the driver's GIL; it prints its port once it listens.
+    proc, port = standin.start("gpufaas.loadgen.standin")
+    url = f"http://127.0.0.1:{port}"
     try:
         r0 = resource.getrusage(resource.RUSAGE_SELF)
         w0 = time.perf_counter()
-        run = run_blocking(Driver(url, wl, seed=1, duration_s=duration_s, connections=connections, timeout_s=30, client=client))
+        run = run_blocking(Driver(url, wl, seed=1, duration_s=duration_s, connections=connections, timeout_s=30, client=client,
+                                  progress=progress))
         wall_s = time.perf_counter() - w0
         r1 = resource.getrusage(resource.RUSAGE_SELF)
     finally:
@@ -96,9 +57,13 @@ def measure(rate_rps: float = 2000.0, duration_s: float = 10.0, arrival: str = "
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def COMMAND(rate_rps: float, duration_s: float, arrival: str, client: str = "fast", as_json: bool = False) -> None:  # noqa: N802 (bench.py's module contract)
     """Live driver speed: achieved rps and schedule lag p99 against a trivial local server."""
+    from gpufaas.gateway.cli import progress
     from gpufaas.gateway.cli.bench import emit
     from gpufaas.platform.errors import UserError
 
     if not rate_rps > 0 or not duration_s > 0:
         raise UserError("--rate and --duration: must be > 0")
-    emit("loadgen", measure(rate_rps, duration_s, arrival, client=client), as_json)
+    with progress.make(as_json, counts=False, transient=True) as bar:
+        on_progress = progress.live_load(bar, "bench loadgen", duration_s)
+        result = measure(rate_rps, duration_s, arrival, client=client, progress=on_progress if progress.shown(as_json) else None)
+    emit("loadgen", result, as_json)

@@ -27,11 +27,13 @@ import math
 import random
 import sys
 from pathlib import Path
+from typing import Callable, Sequence
 
 import click
 
 from gpufaas.platform.clock import perf_ns
 from gpufaas.platform.errors import UserError
+from gpufaas.platform.stats import quantile
 from gpufaas.platform.policy import search as S
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -41,6 +43,7 @@ PASS_SCENARIOS = ("chain", "video", "mixed", "scale128")
 PASS_POLICIES = ("esg", "static")
 RATE_TARGET_SCENARIO = "scale128"
 RATE_TARGET_FRACTION = 1 / 3
+OnStep = Callable[[str, int, int], None]  # (phase, done, total): the benchmark's progress
 
 
 def make_case(rng: random.Random, num_stages: int, dag: bool) -> tuple[list[S.StageTable], int]:
@@ -78,15 +81,12 @@ def make_case(rng: random.Random, num_stages: int, dag: bool) -> tuple[list[S.St
     return problem, budget
 
 
-def _q(xs: list[float], q: float) -> float:
-    if not xs:
-        return 0.0
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, max(0, math.ceil(q * len(xs)) - 1))]
+def _q(xs: Sequence[float], q: float) -> float:
+    return quantile(xs, q) if xs else 0.0
 
 
 def _run(cases, epsilon: float, blades: bool, oracle_costs: list[float], repeats: int,
-         max_expansions: int = NO_BLADE_MAX_EXPANSIONS) -> dict:
+         max_expansions: int = NO_BLADE_MAX_EXPANSIONS, on_step: OnStep | None = None) -> dict:
     gaps, times, nodes = [], [], []
     by_stages: dict[int, list[float]] = {}
     pruned = generated = capped = 0
@@ -106,6 +106,8 @@ def _run(cases, epsilon: float, blades: bool, oracle_costs: list[float], repeats
         capped += r.capped
         if r.choice is not None and math.isfinite(best) and best > 0:
             gaps.append(r.cost / best - 1)
+        if on_step is not None:
+            on_step("A* with blades" if blades else "A* without blades", len(times), len(cases))
     out = {
         "epsilon": epsilon,
         "cases": len(cases),
@@ -122,8 +124,9 @@ def _run(cases, epsilon: float, blades: bool, oracle_costs: list[float], repeats
 
 
 def run_bench(cases: int = 210, epsilon: float = 0.05, seed: int = 7, no_blades: bool = True,
-              no_blade_max_expansions: int = NO_BLADE_MAX_EXPANSIONS) -> dict:
-    """Build the seeded cases, solve each with the oracle, then time the A* with (and without) blades."""
+              no_blade_max_expansions: int = NO_BLADE_MAX_EXPANSIONS, on_step: OnStep | None = None) -> dict:
+    """Build the seeded cases, solve each with the oracle, then time the A* with (and without) blades.
+    `on_step(phase, done, total)` after each case of each phase (the command's progress bar)."""
     rng = random.Random(seed)
     made = []
     for k in range(cases):
@@ -135,10 +138,12 @@ def run_bench(cases: int = 210, epsilon: float = 0.05, seed: int = 7, no_blades:
         r = S.oracle(problem, budget)
         oracle_costs.append(r.cost)
         found += r.choice is not None
-    out = _run(made, epsilon, True, oracle_costs, 3)
+        if on_step is not None:
+            on_step("oracle", len(oracle_costs), len(made))
+    out = _run(made, epsilon, True, oracle_costs, 3, on_step=on_step)
     out["feasible_cases"] = found
     if no_blades:
-        out["without_blades"] = _run(made, epsilon, False, oracle_costs, 1, no_blade_max_expansions)
+        out["without_blades"] = _run(made, epsilon, False, oracle_costs, 1, no_blade_max_expansions, on_step)
     return out
 
 
@@ -165,10 +170,11 @@ def _one_pass_run(sc, policy: str) -> dict:
 
 
 def controller_passes(scenarios: list[str], duration_s: float | None = 30.0,
-                      policies: tuple[str, ...] = PASS_POLICIES) -> dict:
+                      policies: tuple[str, ...] = PASS_POLICIES, on_step: OnStep | None = None) -> dict:
     """Per scenario: each policy's per-pass decision time and simulation rate at load 1, the esg/static rate
     ratio, and on RATE_TARGET_SCENARIO (scale128) whether esg reaches 1/3 of static's rate. `duration_s` caps each scenario's
-    arrivals (None: the scenario's own). Called by the `scheduler` benchmark and its tests."""
+    arrivals (None: the scenario's own); `on_step(phase, done, total)` after each scenario. Called by the `scheduler`
+    benchmark and its tests."""
     from gpufaas.loadgen.scenario import load_scenario
     from gpufaas.loadgen.simdriver import run_scenario
 
@@ -195,6 +201,8 @@ def controller_passes(scenarios: list[str], duration_s: float | None = 30.0,
                 entry["rate_target"] = {"esg_over_static_at_least": round(RATE_TARGET_FRACTION, 4),
                                         "met": rates["esg"] >= RATE_TARGET_FRACTION * rates["static"]}
         out["scenarios"][sc.name] = entry
+        if on_step is not None:
+            on_step(f"controller passes ({sc.name})", len(out["scenarios"]), len(paths))
     return out
 
 
@@ -228,9 +236,16 @@ def COMMAND(epsilon: float, cases: int, seed: int, no_blades: bool, passes: bool
     names = _parse_names(passes_scenarios) if passes else []
     for n in names:  # every name is checked before the first (minutes-long) run
         resolve_scenario(n)
-    result = run_bench(cases, epsilon, seed, no_blades)
-    if passes:
-        result["controller_passes"] = controller_passes(names, passes_duration_s or None)
+    from gpufaas.gateway.cli import progress
+
+    with progress.make(as_json, transient=True) as bar:  # on a terminal: the phase and its cases, on stderr
+        task = bar.add_task("bench scheduler", total=None, info="")
+
+        def on_step(phase: str, done: int, total: int) -> None:
+            bar.update(task, description=f"bench scheduler: {phase}", completed=done, total=total)
+        result = run_bench(cases, epsilon, seed, no_blades, on_step=on_step)
+        if passes:
+            result["controller_passes"] = controller_passes(names, passes_duration_s or None, on_step=on_step)
     if as_json:
         json.dump(result, sys.stdout)
         sys.stdout.write("\n")

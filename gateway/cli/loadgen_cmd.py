@@ -60,6 +60,8 @@ def build_workload(workload_file: str | None, workflows: tuple[str, ...], rate: 
 
 @click.command()
 @click.option("--gateway", default=None, metavar="URL", help="gateway address [default: $GPUFAAS_GATEWAY or http://127.0.0.1:8080]")
+@click.option("--api-key", default=None, metavar="KEY",
+              help="API key [default: $GPUFAAS_API_KEY, else <data-dir>/admin.key for a gateway on this machine]")
 @click.option("--workload", "workload_file", type=click.Path(dir_okay=False), default=None,
               help="workload YAML (streams/traces) or a scenario file (as for gpufaas sim)")
 @click.option("--workflow", "workflows", multiple=True, help="workflow to invoke (repeat for several; with --trace: the mapping targets)")
@@ -88,9 +90,11 @@ def build_workload(workload_file: str | None, workflows: tuple[str, ...], rate: 
 @click.option("--json", "as_json", is_flag=True, help="print exactly one JSON object on stdout")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="write one row per request here")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="write a PNG (latency CDF, SLO hit over time)")
-def loadgen(gateway, workload_file, workflows, rate, duration_s, arrival, cv, trace, trace_format, mapping, top_n, spread,
+def loadgen(gateway, api_key, workload_file, workflows, rate, duration_s, arrival, cv, trace, trace_format, mapping, top_n, spread,
             time_scale, rate_scale, slo_ms, seed, load, connections, timeout_s, client, as_json, csv_path, plot_path) -> None:
     """Send a workload to a live gateway, open loop, and report SLO hit rate, latency and cost.
+
+    On a terminal, a bar on stderr shows elapsed/planned seconds, requests sent and completed.
 
     \b
     gpufaas loadgen --workflow image-classify --rate 50 --duration 30
@@ -98,11 +102,13 @@ def loadgen(gateway, workload_file, workflows, rate, duration_s, arrival, cv, tr
     gpufaas loadgen --trace ../shared/data/azure_functions_2019_sample/fn500_min480-959/invocations.csv \\
         --workflow image-classify --workflow text-pipeline --mapping hash --duration 60
     """
-    from gpufaas.gateway.client import resolve_gateway
+    from gpufaas.gateway.cli import progress
+    from gpufaas.gateway.client import resolve_api_key, resolve_gateway
     from gpufaas.loadgen import live_report
     from gpufaas.loadgen.driver import Driver, run_blocking
 
     url = resolve_gateway(gateway)
+    key = resolve_api_key(api_key, url)
     for flag, v in (("--load", load), ("--time-scale", time_scale), ("--rate-scale", rate_scale), ("--timeout-s", timeout_s), ("--cv", cv)):
         if not v > 0:
             raise UserError(f"{flag}: must be > 0 (got {v:g})")
@@ -112,23 +118,10 @@ def loadgen(gateway, workload_file, workflows, rate, duration_s, arrival, cv, tr
         raise UserError(f"--top-n: must be >= 1 (got {top_n})")
     wl, dur, sd, source = build_workload(workload_file, workflows, rate, arrival, cv, trace, trace_format, mapping, top_n,
                                          spread, time_scale, rate_scale, slo_ms, duration_s, seed)
-    progress = None
-    bar = None
-    if not as_json and sys.stdout.isatty():
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-        bar = Progress(TextColumn("loadgen"), BarColumn(), TextColumn("{task.fields[info]}"), TimeRemainingColumn())
-        task = bar.add_task("run", total=dur, info="")
-        bar.start()
-
-        def progress(elapsed_s: float, sent: int, done: int, errors: int) -> None:
-            bar.update(task, completed=min(elapsed_s, dur), info=f"sent {sent}  done {done}  errors {errors}")
-    try:
-        run = run_blocking(Driver(url, wl, seed=sd, duration_s=dur, load=load, connections=connections, timeout_s=timeout_s,
-                                  source=source, progress=progress, client=client))
-    finally:
-        if bar is not None:
-            bar.stop()
+    with progress.make(as_json, counts=False) as bar:  # a bar on stderr on a terminal; nothing otherwise
+        on_progress = progress.live_load(bar, "loadgen", dur)
+        run = run_blocking(Driver(url, wl, seed=sd, duration_s=dur, load=load, connections=connections, timeout_s=timeout_s, api_key=key,
+                                  source=source, progress=on_progress if progress.shown(as_json) else None, client=client))
     summary = live_report.summarize(run)
     summary["seed"] = sd
     if csv_path:

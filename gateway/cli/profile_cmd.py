@@ -1,5 +1,5 @@
 """`gpufaas profile functions/NAME`: measure a function's latency and memory on the local device and
-write a profile in the project's format (platform/profiles/*.yaml, loadable by `Profiles.add_file`).
+write a profile in the project's format (platform/profile_tables/*.yaml, loadable by `Profiles.add_file`).
 With `--profiles DIR` it writes `DIR/<model>.<gpu_type>.yaml` and reads the folder back the way
 `gpufaas sim --profiles DIR`, a scenario's `profiles:` and `gpufaas up --profiles DIR` will.
 

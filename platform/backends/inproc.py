@@ -6,30 +6,39 @@ the outputs are zero tensors of the function's declared output shapes. No proces
 
 Who uses it: `gpufaas up --backend inproc`, the gateway tests (instant cold starts), and
 `gpufaas bench gateway` (a 0 ms profile, so only the gateway's own cost is measured). Who calls it: the
-controller only (the Backend protocol); it reports through `on_instance_ready` / `on_batch_done`.
+controller (start/submit/stop, the Backend protocol) and the gateway (prepare/prepare_function/aclose,
+the LiveBackend protocol: all three are no-ops here); it reports through `on_instance_ready` /
+`on_batch_done`. A start never fails: nothing runs.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gpufaas.platform.backends.interface import UNBOUND, BackendHost
+from gpufaas.platform.clock import Clock
 from gpufaas.platform.runtime import Batch, FunctionRt, Instance
+
+if TYPE_CHECKING:
+    from gpufaas.platform.specs import ClusterSpec, FunctionSpec
 
 
 class InprocBackend:
     """Profile-timed instances on the running loop; outputs are zeros of the declared output shapes."""
 
     name = "inproc"
+    takes_not_before = False
 
-    def __init__(self, clock: Any, *, cold_start_scale: float = 1.0, emulate_outputs: bool = True) -> None:
+    def __init__(self, clock: Clock, *, cold_start_scale: float = 1.0, emulate_outputs: bool = True) -> None:
         if cold_start_scale < 0:
             raise ValueError("cold_start_scale must be >= 0")
         self.clock = clock
         self.cold_start_scale = cold_start_scale
         self.emulate_outputs = emulate_outputs
-        self.ctl: Any = None
+        self.ctl: BackendHost = UNBOUND
         self._live: set[int] = set()
         self._due: list[tuple[Instance, Batch, list]] = []  # zero-time batches that end on the next iteration
         self._flushing = False
@@ -37,19 +46,30 @@ class InprocBackend:
         # outputs (encodes them), so a copy per item would only cost time.
         self._outputs: dict[FunctionRt, dict[str, np.ndarray] | None] = {}  # keyed by the compiled function (a redeploy makes a new one)
 
-    def bind(self, controller: Any) -> None:
+    def bind(self, host: BackendHost) -> None:
         """Called once by the controller's constructor."""
-        self.ctl = controller
+        self.ctl = host
+
+    def prepare(self, cluster: ClusterSpec | None = None) -> None:
+        """Nothing to set up (the LiveBackend lifecycle)."""
+
+    def prepare_function(self, spec: FunctionSpec, bundle_dir: Path) -> None:
+        """Nothing to build: no handler runs here."""
+
+    async def aclose(self) -> None:
+        """Forget every instance: their pending timers fire as no-ops."""
+        self._live.clear()
+        self._due.clear()
 
     def start(self, inst: Instance) -> None:
         """Schedule `on_instance_ready` after the profiled cold start (scaled)."""
         self._live.add(inst.id)
         t = int(self.ctl.cold_start_ns(inst.function, inst.gpu) * self.cold_start_scale)
-        self.clock.call_at(self.clock.now_ns() + t, self._ready, inst)
+        self.clock.call_at(self.clock.now_ns() + t, self._ready, inst, t)
 
-    def _ready(self, inst: Instance) -> None:
+    def _ready(self, inst: Instance, cold_start_ns: int) -> None:
         if inst.id in self._live:
-            self.ctl.on_instance_ready(inst, {"backend": self.name})
+            self.ctl.on_instance_ready(inst, {"backend": self.name, "cold_start_ms": round(cold_start_ns / 1e6, 3)})
 
     def submit(self, inst: Instance, batch: Batch) -> None:
         """Schedule `on_batch_done` after the profiled batch latency."""
@@ -101,14 +121,16 @@ class InprocBackend:
         self._live.discard(inst.id)
 
     def _output_of(self, fn: FunctionRt) -> dict[str, np.ndarray] | None:
-        out = self._outputs.get(fn, False)
-        if out is False:
-            outs = fn.spec.outputs
-            out = {k: np.zeros(t.shape, dtype=_np_dtype(t.dtype)) for k, t in outs.items()} if outs else None
-            if out:
-                for a in out.values():
-                    a.setflags(write=False)
-            self._outputs[fn] = out
+        try:
+            return self._outputs[fn]  # one lookup on the hot path (a hit: every batch but the first)
+        except KeyError:
+            pass
+        outs = fn.spec.outputs
+        out = {k: np.zeros(t.shape, dtype=_np_dtype(t.dtype)) for k, t in outs.items()} if outs else None
+        if out:
+            for a in out.values():
+                a.setflags(write=False)
+        self._outputs[fn] = out
         return out
 
 

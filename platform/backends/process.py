@@ -3,48 +3,71 @@ frames over one Unix socket (the embedded default of `gpufaas up`).
 
 Who calls what: the controller calls `start`, `submit` and `stop` (interface.py); this backend answers
 through `on_instance_ready(inst, info)`, `on_batch_done(...)` and `on_instance_failed(inst, reason)` from
-callbacks on the running asyncio loop. The gateway calls `aclose()` at shutdown.
+callbacks on the running asyncio loop. The gateway calls `prepare`/`prepare_function` (no-ops: a worker
+needs nothing set up beforehand) and `aclose()` at shutdown (the LiveBackend protocol).
 
 How it works: the backend listens on one Unix socket in `workdir`; each worker connects, says HELLO with
-its instance token, starts up and says READY with its measured parts. `info` (in ms) = spawn (fork/exec
-and interpreter start, host-measured), imports, model_build, first_batch (worker-measured) and total
-(host-measured, spawn to READY). Torch threads per worker are capped by `threads_per_worker` (and
-OMP/MKL env vars). Failure handling: a worker that exits or closes its socket mid-batch, sends no
+its instance token, starts up and says READY with its measured parts. `info`: `spawn_ms` (fork/exec
+and interpreter start, host-measured), `imports_ms`, `model_build_ms`, `first_batch_ms` (worker-measured)
+and `cold_start_ms` (host-measured, spawn to READY; the name every live backend uses for it). Torch
+threads per worker are capped by `threads_per_worker` (and OMP/MKL env vars). Failure handling: a worker that exits or closes its socket mid-batch, sends no
 frame (not even a heartbeat) for `3 * heartbeat_s`, or holds a batch longer than `hang_timeout_s`
 beyond its profiled latency, is killed and reported with `on_instance_failed`, so the controller
 retries its jobs once on another instance or fails them with the reason: no invocation is lost or left
 pending. An item whose payload does not match the function's input schema fails its own invocation
 (`fail_invocation`, no retry: the same payload would fail again); the rest of the batch completes.
+Every failure is logged (warning, with the worker's pid and the reason).
+
+Containment (bundle code is untrusted; `bundle.Sandbox`): each worker runs in its own session with
+rlimits (address space: `ADDRESS_SPACE_BASE_MB` + 2x the instance's profiled memory, none for real mode
+on a CUDA host; open files; processes), `no_new_privs`, a private working dir, an allow-listed
+environment, and, when the gateway is root, a uid of its own. It reads a world-readable copy of its
+bundle in the backend's run folder (0711, not listable), never the gateway's data dir. When a worker
+ends, its process group and every process of its uid are killed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import secrets
+import shutil
 import signal
 import sys
 import tempfile
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from gpufaas.platform import wire
-from gpufaas.platform.clock import Handle, NS_PER_S
+from gpufaas.platform.bundle import SPEC_FILE, BundleError, Sandbox, kill_sandbox, open_dir, sandbox_uid, share_read_only
+from gpufaas.platform.backends.interface import UNBOUND, BackendHost
+from gpufaas.platform.clock import Clock, Handle, NS_PER_S
 from gpufaas.platform.runtime import Batch, Instance
 from gpufaas.platform.wire import Kind
+from gpufaas.platform.worker import worker_argv
+
+if TYPE_CHECKING:
+    from gpufaas.platform.specs import ClusterSpec, FunctionSpec
 
 STOP_GRACE_S = 2.0
+ADDRESS_SPACE_BASE_MB = {"emulated": 1024, "real": 4096}  # interpreter + numpy (+ torch) before the model's own memory
+
+log = logging.getLogger("gpufaas.process")
 
 
 class _Worker:
     """What the backend holds for one instance: its process, socket streams and batches in flight."""
 
-    __slots__ = ("inst", "proc", "reader", "writer", "spawn_ns", "hello_t0_ns", "last_frame_ns", "batch",
-                 "hang", "stopped", "ready", "sent_ns", "watch")
+    __slots__ = ("inst", "token", "proc", "reader", "writer", "spawn_ns", "hello_t0_ns", "last_frame_ns", "batch",
+                 "hang", "stopped", "ready", "watch")
 
     def __init__(self, inst: Instance) -> None:
         self.inst = inst
+        # NOTE: id plus a secret: the socket is reachable by the sandbox uids, so HELLO must prove which worker it is
+        self.token = f"{inst.id}.{secrets.token_hex(8)}"
         self.proc: asyncio.subprocess.Process | None = None
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
@@ -55,7 +78,6 @@ class _Worker:
         self.hang: Handle | None = None
         self.stopped = False
         self.ready = False
-        self.sent_ns = 0
         self.watch: asyncio.Task | None = None
 
 
@@ -63,11 +85,12 @@ class ProcessBackend:
     """A worker process per instance on this machine. See the module docstring for the call flow."""
 
     name = "process"
+    takes_not_before = False
 
-    def __init__(self, clock: Any, *, execute: str = "emulated", bundle_dir: Callable[[str], Path],
+    def __init__(self, clock: Clock, *, execute: str = "emulated", bundle_dir: Callable[[str], Path],
                  threads_per_worker: int = 1, hang_timeout_s: float = 30.0, heartbeat_s: float = 1.0,
                  workdir: Path | None = None, ready_timeout_s: float = 120.0, small_models: bool = False,
-                 python: str | None = None) -> None:
+                 python: str | None = None, contain: bool = True) -> None:
         if execute not in ("emulated", "real"):
             raise ValueError(f"execute must be 'emulated' or 'real', not {execute!r}")
         if threads_per_worker < 1 or hang_timeout_s <= 0 or heartbeat_s <= 0:
@@ -81,26 +104,29 @@ class ProcessBackend:
         self.ready_timeout_s = ready_timeout_s
         self.small_models = small_models  # reduced-width models (tests); real mode only
         self.python = python or sys.executable
-        self.ctl: Any = None
-        self._own_workdir = workdir is None
-        self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="gpufaas-proc-"))
+        self.ctl: BackendHost = UNBOUND
+        self.contain = contain  # sandbox the workers (bundle.Sandbox); off only for trusted code
+        # NOTE: as root, workers run as other uids, which must reach the socket and their bundle copy: those
+        # live in a fresh 0711 folder under the system temp dir (a given `workdir` may sit below a 0700 one).
+        self._own_workdir = workdir is None or (contain and os.geteuid() == 0)
+        self.workdir = Path(tempfile.mkdtemp(prefix="gpufaas-proc-")) if self._own_workdir else Path(workdir)  # type: ignore[arg-type]
         self.socket_path = str(self.workdir / "host.sock")
+        self._bundles: dict[str, Path] = {}  # function -> its world-readable bundle copy in workdir
         self._server: asyncio.AbstractServer | None = None
         self._server_lock = asyncio.Lock()
         self._workers: dict[int, _Worker] = {}
         self._watchdog: Handle | None = None
         self._conn_tasks: set[asyncio.Task] = set()
         self._spawn_tasks: set[asyncio.Task] = set()  # one per worker, until its process has been reaped
-        self.round_trips_ns: deque[int] = deque(maxlen=100_000)  # submit -> result, for `bench dispatch`
         self.failures: list[tuple[int, str]] = []  # (instance id, reason), for tests and logs
         self.max_start_failures = 2
         self._start_failures: dict[str, int] = {}  # function -> consecutive failed start-ups
 
     # ------------------------------------------------------------------ the Backend protocol
 
-    def bind(self, controller: Any) -> None:
+    def bind(self, host: BackendHost) -> None:
         """Called once by the controller's constructor."""
-        self.ctl = controller
+        self.ctl = host
 
     def start(self, inst: Instance) -> None:
         """Spawn the worker; READY -> on_instance_ready, a failed start -> on_instance_failed."""
@@ -127,7 +153,6 @@ class ProcessBackend:
             self.clock.call_soon(lambda: self.ctl.on_batch_done(inst, batch, None, why))
             return
         w.batch = batch
-        w.sent_ns = time.perf_counter_ns()
         limit_ns = (hold_ns or 0) + int(self.hang_timeout_s * NS_PER_S)
         w.hang = self.clock.call_at(self.clock.now_ns() + limit_ns, self._on_hang, inst.id, batch.id)
         w.writer.write(frame)
@@ -138,6 +163,16 @@ class ProcessBackend:
         if w is None:
             return
         self._shutdown(w)
+
+    # ------------------------------------------------------------------ the LiveBackend lifecycle
+
+    def prepare(self, cluster: ClusterSpec | None = None) -> None:
+        """Nothing to set up: the socket server starts with the first worker."""
+
+    def prepare_function(self, spec: FunctionSpec, bundle_dir: Path) -> None:
+        """Forget the function's bundle copy: its next worker copies the (new) bundle folder when it starts.
+        The gateway checks the bundle at deploy (`bundle.BundleChecker`)."""
+        self._bundles.pop(spec.name, None)
 
     async def aclose(self) -> None:
         """Stop every worker and wait for the processes to exit; remove the socket folder we made."""
@@ -168,8 +203,6 @@ class ProcessBackend:
             await self._server.wait_closed()
             self._server = None
         if self._own_workdir:
-            import shutil
-
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     # ------------------------------------------------------------------ start-up
@@ -183,46 +216,86 @@ class ProcessBackend:
                 except FileNotFoundError:
                     pass
                 self._server = await asyncio.start_unix_server(self._on_connect, path=self.socket_path)
+                if self.contain:
+                    open_dir(self.workdir)
+                    os.chmod(self.socket_path, 0o666)  # sandbox uids connect; HELLO's token says who they are
                 self._arm_watchdog()
 
-    def worker_command(self, inst: Instance) -> list[str]:
-        """The worker's argv (the docker and ray backends can run the same worker with other launchers)."""
-        cmd = [self.python, "-m", "gpufaas.platform.worker", "--bundle", str(self.bundle_dir(inst.function.name)),
-               "--socket", self.socket_path, "--token", str(inst.id), "--execute", self.execute,
-               "--gpu-type", inst.gpu.type_name, "--share", f"{inst.share:g}", "--threads", str(self.threads_per_worker),
-               "--heartbeat-s", f"{self.heartbeat_s:g}"]
-        if self.small_models:
-            cmd.append("--small")
-        return cmd
+    def worker_command(self, inst: Instance, token: str, bundle: Path) -> list[str]:
+        """The worker's argv (the docker backend runs the same worker, with the same `worker_argv`, in a container)."""
+        return [self.python, "-m", "gpufaas.platform.worker", *worker_argv(
+            bundle=str(bundle), socket_path=self.socket_path, token=token,
+            execute=self.execute, gpu_type=inst.gpu.type_name, share=inst.share, threads=self.threads_per_worker,
+            heartbeat_s=self.heartbeat_s, small=self.small_models)]
+
+    async def _bundle_copy(self, function: str) -> Path:
+        """The function's bundle as its workers read it: a world-readable copy, made once per deploy."""
+        d = self._bundles.get(function)
+        if d is None or not d.is_dir():
+            src = self.bundle_dir(function)
+            if not (src / SPEC_FILE).is_file():
+                raise BundleError(f"{src}: no {SPEC_FILE}; a bundle folder holds {SPEC_FILE} and handler.py")
+            d = self.workdir / f"bundle-{len(self._bundles)}-{secrets.token_hex(4)}"
+            await asyncio.to_thread(share_read_only, self.bundle_dir(function), d)
+            self._bundles[function] = d
+        return d
+
+    async def _sandbox(self, inst: Instance) -> Sandbox:
+        cuda = self.execute == "real" and Path("/dev/nvidiactl").exists()
+        # NOTE: no address-space limit for real mode on a CUDA host: the driver reserves far more virtual memory than it uses
+        mem = None if cuda else ADDRESS_SPACE_BASE_MB[self.execute] + 2 * int(inst.memory_mb)
+        box = Sandbox(self.workdir / f"inst-{inst.id}", address_space_mb=mem, open_files=256, processes=128,
+                      uid=await sandbox_uid(self.python))
+        await asyncio.to_thread(box.prepare)
+        return box
 
     async def _spawn(self, w: _Worker) -> None:
         inst = w.inst
+        box: Sandbox | None = None
         try:
             await self._ensure_server()
             t = str(self.threads_per_worker)
-            env = dict(os.environ, OMP_NUM_THREADS=t, MKL_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t, PYTHONUNBUFFERED="1")
-            w.spawn_ns = time.monotonic_ns()
-            w.proc = await asyncio.create_subprocess_exec(*self.worker_command(inst), env=env, stdin=asyncio.subprocess.DEVNULL,
-                                                          stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            threads = {"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t, "PYTHONUNBUFFERED": "1"}
+            if self.contain:
+                box = await self._sandbox(inst)
+                argv = self.worker_command(inst, w.token, await self._bundle_copy(inst.function.name))
+                if w.stopped:
+                    return
+                w.spawn_ns = time.monotonic_ns()
+                w.proc = await box.exec(argv, box.env(threads))
+            else:
+                w.spawn_ns = time.monotonic_ns()
+                w.proc = await asyncio.create_subprocess_exec(*self.worker_command(inst, w.token, self.bundle_dir(inst.function.name)),
+                                                              env=dict(os.environ, **threads), start_new_session=True,
+                                                              stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                                                              stderr=asyncio.subprocess.PIPE)
         except OSError as e:
             self._fail(inst.id, f"cannot spawn worker: {e}")
+            return
+        except BundleError as e:
+            self._fail(inst.id, f"worker failed to start: {e}")
             return
         w.last_frame_ns = time.monotonic_ns()
         proc = w.proc
         stderr_tail: deque[str] = deque(maxlen=5)
 
-        async def drain() -> None:
-            assert proc.stderr is not None
-            async for line in proc.stderr:
-                stderr_tail.append(line.decode(errors="replace").rstrip())
+        async def drain() -> None:  # uncontained workers only: a sandbox writes its stderr to a file
+            if proc.stderr is not None:
+                async for line in proc.stderr:
+                    stderr_tail.append(line.decode(errors="replace").rstrip())
 
         drainer = asyncio.ensure_future(drain())
         try:
             code = await proc.wait()
         finally:
+            if box is not None:
+                await kill_sandbox(proc, box)  # what it forked goes with it
+                stderr_tail.append(box.stderr_tail())
+                shutil.rmtree(box.workdir, ignore_errors=True)
+                box.stderr_path.unlink(missing_ok=True)
             await asyncio.gather(drainer, return_exceptions=True)
         if not w.stopped and self._workers.get(inst.id) is w:
-            tail = f": {stderr_tail[-1]}" if stderr_tail else ""
+            tail = f": {stderr_tail[-1]}" if stderr_tail and stderr_tail[-1] else ""
             phase = "mid-batch" if w.batch is not None else ("while idle" if w.ready else "during start-up")
             self._fail(inst.id, f"worker pid {proc.pid} exited with code {code} {phase}{tail}")
 
@@ -236,8 +309,10 @@ class ProcessBackend:
         except (asyncio.TimeoutError, asyncio.IncompleteReadError, wire.WireError, OSError):
             writer.close()
             return
-        w = self._workers.get(int(m.get("token") or 0)) if kind == Kind.HELLO and str(m.get("token", "")).isdigit() else None
-        if w is None or w.stopped:
+        token = str(m.get("token", "")) if kind == Kind.HELLO else ""
+        head = token.partition(".")[0]
+        w = self._workers.get(int(head)) if head.isdigit() else None
+        if w is None or w.stopped or not secrets.compare_digest(w.token, token):
             writer.close()
             return
         w.reader, w.writer = reader, writer
@@ -270,32 +345,21 @@ class ProcessBackend:
         w.ready = True
         self._start_failures.pop(w.inst.function.name, None)
         now = time.monotonic_ns()
-        parts = {k: round(float(v), 3) for k, v in (m.get("parts_ms") or {}).items()}
         t0 = int(m.get("t0_ns") or w.hello_t0_ns)
-        info = {"spawn": round((t0 - w.spawn_ns) / 1e6, 3) if t0 else 0.0, **parts,
-                "total": round((now - w.spawn_ns) / 1e6, 3), "pid": w.proc.pid if w.proc else 0,
+        info = {"spawn_ms": round((t0 - w.spawn_ns) / 1e6, 3) if t0 else 0.0, **wire.ready_parts_ms(m),
+                "cold_start_ms": round((now - w.spawn_ns) / 1e6, 3), "pid": w.proc.pid if w.proc else 0,
                 "execute": m.get("execute", self.execute), "device": m.get("device", "cpu")}
         self.ctl.on_instance_ready(w.inst, info)
 
     def _on_result(self, w: _Worker, m: dict) -> None:
         batch = w.batch
-        if batch is None or m.get("id") != batch.id:
-            return
-        self.round_trips_ns.append(time.perf_counter_ns() - w.sent_ns)
+        if batch is None or m.get("id") != batch.id or w.stopped:
+            return  # NOTE: a stopped worker finishes its batch before exiting; no callback follows a stop
         w.batch = None
         if w.hang is not None:
             w.hang.cancel()
             w.hang = None
-        inst = w.inst
-        if m.get("error"):
-            self.ctl.on_batch_done(inst, batch, None, f"{inst.function.name}: {m['error']}")
-            return
-        outputs = m.get("outputs") or [None] * len(batch.jobs)
-        errors = m.get("errors") or []
-        for job, err in zip(batch.jobs, errors):
-            if err:
-                self.ctl.fail_invocation(job.inv, f"stage '{job.stage.name}' ({inst.function.name}): bad input: {err}")
-        self.ctl.on_batch_done(inst, batch, outputs)
+        report_result(self.ctl, w.inst, batch, m)
 
     # ------------------------------------------------------------------ failures
 
@@ -326,6 +390,7 @@ class ProcessBackend:
         if w is None:
             return
         self.failures.append((iid, reason))
+        log.warning("instance %d (%s) failed: %s; its jobs are retried once or failed with this reason", iid, w.inst.function.name, reason)
         self._shutdown(w, kill=True)
         self.ctl.on_instance_failed(w.inst, reason)
         if not w.ready:
@@ -365,9 +430,24 @@ class ProcessBackend:
         asyncio.get_running_loop().call_later(STOP_GRACE_S, _kill, proc)
 
 
+def report_result(host: BackendHost, inst: Instance, batch: Batch, m: dict) -> None:
+    """Report a worker's RESULT message for `batch` to the host: a whole-batch `error` fails the batch
+    (the controller retries it once); an item the worker refused (`errors`) fails its own invocation
+    (`fail_invocation`, no retry: the same payload would fail again) and the rest completes.
+    Who calls it: the process and docker backends (the same worker answers both)."""
+    if m.get("error"):
+        host.on_batch_done(inst, batch, None, f"{inst.function.name}: {m['error']}")
+        return
+    outputs = m.get("outputs") or [None] * len(batch.jobs)
+    for job, err in zip(batch.jobs, m.get("errors") or []):
+        if err:
+            host.fail_invocation(job.inv, f"stage '{job.stage.name}' ({inst.function.name}): bad input: {err}")
+    host.on_batch_done(inst, batch, outputs)
+
+
 def _kill(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        try:
-            proc.send_signal(signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    """SIGKILL the worker's process group (it leads its own session)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -2,8 +2,10 @@
 
 Who calls what: the gateway calls `prepare(cluster)` once at `gpufaas up` (connects to the Ray cluster
 at `address`, or starts a local one that declares the cluster spec's nodes; checks that every node of
-the spec is present). The controller calls `start`, `submit` and `stop` (interface.py); answers come back
-through `on_instance_ready`, `on_batch_done` and `on_instance_failed` from tasks on the running loop.
+the spec is present), `prepare_function` at deploy (a no-op: an actor gets its spec when it starts) and
+`aclose()` at exit (the LiveBackend protocol). The controller calls `start`, `submit` and `stop`
+(interface.py); answers come back through `on_instance_ready`, `on_batch_done` and `on_instance_failed`
+from tasks on the running loop.
 
 How an instance reaches Ray:
 - `num_gpus` = the instance's share (Ray packs fractional GPUs: four 0.25 actors share one GPU, a fifth
@@ -21,12 +23,17 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections import deque
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from gpufaas.platform.backends.interface import UNBOUND, BackendHost
+from gpufaas.platform.backends.process import report_result
 from gpufaas.platform.clock import perf_ns
 from gpufaas.platform.errors import UserError
 from gpufaas.platform.runtime import Batch, Instance
+
+if TYPE_CHECKING:
+    from gpufaas.platform.specs import ClusterSpec, FunctionSpec
 
 NODE_RESOURCE_PREFIX = "gpufaas-node-"
 GPU_TYPE_RESOURCE_PREFIX = "gpufaas-gpu-"
@@ -77,18 +84,16 @@ class FunctionActor:
         return {"pid": os.getpid(), "node_id": ctx.get_node_id(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
                 "build_ms": round(self.build_ms, 3)}
 
-    def run(self, items: list, hold_ns: int) -> tuple[list | None, str]:
-        """(outputs, "") or (None, reason): a batch with an item the worker refuses fails with its reason."""
+    def run(self, items: list, hold_ns: int) -> dict:
+        """One batch, answered as the socket worker answers (a RESULT message's fields): {"outputs",
+        "errors"} per item, or {"error"} when the whole batch failed."""
         from gpufaas.platform.worker import BatchError
 
         try:
             outputs, errors = self.runner.run(items, hold_ns)
         except BatchError as e:
-            return None, str(e)
-        bad = [e for e in errors if e]
-        if bad:
-            return None, f"worker refused an item: {bad[0]}"
-        return outputs, ""
+            return {"error": str(e)}
+        return {"outputs": outputs, "errors": errors}
 
 
 class _Actor:
@@ -106,6 +111,7 @@ class RayBackend:
     """An actor per instance on a Ray cluster. See the module docstring for the call flow."""
 
     name = "ray"
+    takes_not_before = False
 
     def __init__(self, *, address: str | None = None, namespace: str = "gpufaas", emulate_latency: bool = True,
                  build_ms: float = 0.0, local_num_cpus: int = 2, object_store_mb: int = 100) -> None:
@@ -115,16 +121,15 @@ class RayBackend:
         self.build_ms = build_ms
         self.local_num_cpus = local_num_cpus
         self.object_store_mb = object_store_mb
-        self.ctl: Any = None
+        self.ctl: BackendHost = UNBOUND
         self.node_ids: dict[str, str] = {}  # cluster-spec node name -> Ray node id
         self._actors: dict[int, _Actor] = {}
         self._actor_cls: Any = None
-        self.round_trips_ns: deque[int] = deque(maxlen=100_000)  # submit -> done, for `bench dispatch`
         self.test_hold_ms: float | None = None  # test hook: hold every batch this long (kill mid-batch)
 
     # ------------------------------------------------------------------ set-up (gateway)
 
-    def prepare(self, cluster: Any = None) -> None:
+    def prepare(self, cluster: ClusterSpec | None = None) -> None:
         """Connect to Ray (or start a local Ray declaring `cluster`'s nodes) and map node names. Blocking.
 
         Who calls it: the gateway at `gpufaas up`, the tests. Raises UserError when Ray cannot be reached or
@@ -184,19 +189,33 @@ class RayBackend:
         a = self._actors.get(inst.id)
         return None if a is None else a.handle
 
+    def prepare_function(self, spec: FunctionSpec, bundle_dir: Path) -> None:
+        """Nothing to build: an actor gets the spec when it starts (emulated only, no bundle is read)."""
+
+    async def aclose(self) -> None:
+        """Cancel every pending reply (no callback follows), then `close()` in a thread: the gateway's exit."""
+        for a in self._actors.values():
+            a.stopped = True
+            for t in [a.task, *a.pending]:
+                if t is not None:
+                    t.cancel()
+        await asyncio.get_running_loop().run_in_executor(None, self.close)
+
     def close(self) -> None:
-        """Kill every actor this backend started. Blocking; at gateway exit."""
+        """Kill every actor this backend started; no callback follows. Blocking (tests, `aclose`)."""
         import ray
 
         for a in list(self._actors.values()):
+            a.stopped = True
             if a.handle is not None:
                 ray.kill(a.handle, no_restart=True)
         self._actors.clear()
 
     # ------------------------------------------------------------------ the Backend protocol
 
-    def bind(self, controller: Any) -> None:
-        self.ctl = controller
+    def bind(self, host: BackendHost) -> None:
+        """Called once by the controller's constructor."""
+        self.ctl = host
 
     def start(self, inst: Instance) -> None:
         if self._actor_cls is None:
@@ -232,7 +251,7 @@ class RayBackend:
         if self.test_hold_ms is not None:
             hold_ms = self.test_hold_ms
         ref = a.handle.run.remote(batch.outputs or [None] * len(batch.jobs), int(hold_ms * 1e6))
-        t = asyncio.get_running_loop().create_task(self._await_batch(a, batch, ref, perf_ns()))
+        t = asyncio.get_running_loop().create_task(self._await_batch(a, batch, ref))
         a.pending.add(t)
         t.add_done_callback(a.pending.discard)
 
@@ -274,9 +293,9 @@ class RayBackend:
                 "model_build_ms": build_ms, "node": a.inst.gpu.node, **info}
         self.ctl.on_instance_ready(a.inst, info)
 
-    async def _await_batch(self, a: _Actor, batch: Batch, ref: Any, t0_ns: int) -> None:
+    async def _await_batch(self, a: _Actor, batch: Batch, ref: Any) -> None:
         try:
-            outputs, error = await ref
+            result = await ref
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001
@@ -289,13 +308,8 @@ class RayBackend:
             else:
                 self.ctl.on_batch_done(a.inst, batch, None, f"ray task error: {_reason(e)}")
             return
-        if a.stopped:
-            return
-        self.round_trips_ns.append(perf_ns() - t0_ns)
-        if error:
-            self.ctl.on_batch_done(a.inst, batch, None, error)
-        else:
-            self.ctl.on_batch_done(a.inst, batch, outputs)
+        if not a.stopped:
+            report_result(self.ctl, a.inst, batch, result)
 
 
 def _reason(e: BaseException) -> str:

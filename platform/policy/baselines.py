@@ -235,7 +235,7 @@ class PoolPolicy:
                        next_tick_ns=now_ns, last_tick_ns=now_ns)
         for f in view.functions:
             st.budget_ns.setdefault(f, 0)
-        st.counts = self._counts(view)
+        st.counts = view.arrivals_by_function()
         st.plan = self._setup(view, st)
         return st
 
@@ -251,16 +251,8 @@ class PoolPolicy:
         limit = self.limit_ns(st, fname)
         return configs_for(fn, gpu_type, units_per_gpu, limit) or [fastest_config(fn, gpu_type, units_per_gpu, limit)]
 
-    @staticmethod
-    def _counts(view: ClusterView) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for wf in view.workflows.values():
-            for s in wf.stages:
-                out[s.function] = out.get(s.function, 0) + s.queue.arrivals
-        return out
-
     def _tick(self, view: ClusterView, now_ns: int, st: PoolState) -> PoolState:
-        counts = self._counts(view)
+        counts = view.arrivals_by_function()
         dt_s = (now_ns - st.last_tick_ns) / NS_PER_S
         rate = dict(st.rate_rps)
         if dt_s > 0:

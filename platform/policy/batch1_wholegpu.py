@@ -194,21 +194,12 @@ def _most_recent_first(idle: Mapping[int, Instance]):
     return sorted(idle.values(), key=lambda i: -i.idle_since_ns)  # stable: ties stay in map order
 
 
-def _counts(view: ClusterView) -> dict[str, int]:
-    """Arrivals so far per function, over its AFW queues."""
-    out: dict[str, int] = {}
-    for wf in view.workflows.values():
-        for st in wf.stages:
-            out[st.function] = out.get(st.function, 0) + st.queue.arrivals
-    return out
-
-
 def _sample(view: ClusterView, now_ns: int, samples: tuple) -> tuple:
     """`samples` with one for `now_ns` if the last is `SAMPLE_NS` old, trimmed to one at or before the
     stable window's start."""
     if samples and now_ns - samples[-1][0] < SAMPLE_NS:
         return samples
-    out = samples + ((now_ns, _counts(view)),)
+    out = samples + ((now_ns, view.arrivals_by_function()),)
     cut = now_ns - STABLE_WINDOW_NS
     k = 0
     while k + 1 < len(out) and out[k + 1][0] <= cut:
@@ -218,7 +209,7 @@ def _sample(view: ClusterView, now_ns: int, samples: tuple) -> tuple:
 
 def _rates_rps(now_ns: int, samples: tuple, window_ns: int, counts: dict[str, int]) -> dict[str, float]:
     """Arrival rate per function over the last `window_ns` (or since the first sample), over at least a
-    second. `counts`: the arrivals so far (`_counts`)."""
+    second. `counts`: the arrivals so far (`ClusterView.arrivals_by_function`)."""
     base_ns, base = samples[0]
     for t, c in samples:
         if t > now_ns - window_ns:
@@ -240,7 +231,7 @@ def _service_s(view: ClusterView, fn: FunctionRt) -> float:
 def _desired(view: ClusterView, now_ns: int, samples: tuple) -> dict[str, int]:
     """Instances wanted per function (Knative KPA: stable window, or panic window when it asks for at
     least `PANIC_THRESHOLD` times the live instances); at least one."""
-    counts = samples[-1][1] if samples[-1][0] == now_ns else _counts(view)
+    counts = samples[-1][1] if samples[-1][0] == now_ns else view.arrivals_by_function()
     stable = _rates_rps(now_ns, samples, STABLE_WINDOW_NS, counts)
     panic = _rates_rps(now_ns, samples, PANIC_WINDOW_NS, counts)
     out = {}

@@ -14,7 +14,8 @@ wall clock (checked by import-linter, see .importlinter).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, runtime_checkable
 
 from gpufaas.platform.decisions import Decisions
 from gpufaas.platform.policy.params import PolicyParams
@@ -26,8 +27,15 @@ class Policy(Protocol):
     """A scheduling policy. Instances hold configuration only (frozen parameters, `params`, an instance
     of the class's `Params`), never run-time state."""
 
-    name: str
-    params: PolicyParams
+    @property
+    def name(self) -> str:
+        """The registered name."""
+        ...
+
+    @property
+    def params(self) -> PolicyParams:
+        """The validated parameters (an instance of the class's `Params`)."""
+        ...
 
     def initial_state(self, view: ClusterView) -> Any:
         """State before the first call (called once, when the controller starts)."""
@@ -38,11 +46,13 @@ class Policy(Protocol):
         ...
 
 
-class PolicyClass(Protocol):
-    """What the registry holds: a policy class that declares its parameters (`Params`: a pydantic
-    `PolicyParams`, validated before the class is called) and builds a `Policy` from them."""
+@dataclass(frozen=True)
+class RegisteredPolicy:
+    """What the registry holds for one policy: the class (a callable that builds a `Policy` from validated
+    keyword parameters) and the pydantic model of its parameters (`Params`, a `PolicyParams`).
 
-    Params: ClassVar[type[PolicyParams]]
+    NOTE: a record, not a Protocol over the class object: a protocol that mixes `__call__` with a
+    class attribute cannot be matched by a class object in mypy, and the registry should be checked."""
 
-    def __call__(self, **params: Any) -> Policy:
-        ...
+    build: Callable[..., Policy]
+    Params: type[PolicyParams]

@@ -11,7 +11,7 @@ An error is one line that names the policy, the parameter, what is allowed and w
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 from annotated_types import Ge, Gt, Le, Lt
@@ -27,6 +27,9 @@ class PolicyParams(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+P = TypeVar("P", bound=PolicyParams)
+
+
 def describe(model: type[PolicyParams]) -> str:
     """`key <range>` for every parameter of `model`, '; '-separated ('none' when it has none)."""
     return "; ".join(f"{key} {allowed(model, key)}" for key in model.model_fields) or "none"
@@ -35,7 +38,8 @@ def describe(model: type[PolicyParams]) -> str:
 def allowed(model: type[PolicyParams], key: str) -> str:
     """What parameter `key` of `model` accepts: a range ('>= 0', 'in [0.5, 1)') or a kind."""
     field = model.model_fields[key]
-    lo = hi = None
+    lo: Any = None
+    hi: Any = None
     lo_closed = hi_closed = True
     for m in field.metadata:
         if isinstance(m, Ge):
@@ -70,7 +74,7 @@ def _kind(ann: Any) -> str:
     return getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
 
 
-def validate(policy: str, model: type[PolicyParams], values: dict[str, Any]) -> PolicyParams:
+def validate(policy: str, model: type[P], values: dict[str, Any]) -> P:
     """`values` checked against `model`; UserError (one line) naming the policy, the first bad key,
     the rule and the value given, and listing the policy's parameters."""
     try:

@@ -8,11 +8,11 @@ imported (the set of policies never depends on import order).
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, Callable
 
 from gpufaas.platform.errors import UserError
 from gpufaas.platform.policy import names
-from gpufaas.platform.policy.interface import Policy, PolicyClass
+from gpufaas.platform.policy.interface import Policy, RegisteredPolicy
 from gpufaas.platform.policy.params import PolicyParams, validate
 
 
@@ -20,17 +20,19 @@ class Registry:
     """Name -> policy class. `register` raises on a duplicate name."""
 
     def __init__(self) -> None:
-        self._factories: dict[str, PolicyClass] = {}
+        self._factories: dict[str, RegisteredPolicy] = {}
 
-    def register(self, name: str, factory: PolicyClass) -> None:
+    def register(self, name: str, build: Callable[..., Policy], params: type[PolicyParams]) -> None:
+        """Register policy class `build` (called with validated keyword parameters) with its parameter
+        model `params` (the class's `Params`). ValueError on a duplicate name."""
         if name in self._factories:
             raise ValueError(f"policy '{name}' is already registered")
-        self._factories[name] = factory
+        self._factories[name] = RegisteredPolicy(build, params)
 
     def merge(self, other: "Registry") -> None:
         """Add every policy of `other` (out-of-tree packages); duplicates raise."""
         for name, f in other._factories.items():
-            self.register(name, f)
+            self.register(name, f.build, f.Params)
 
     def names(self) -> list[str]:
         return sorted(self._factories)
@@ -38,8 +40,8 @@ class Registry:
     def __contains__(self, name: str) -> bool:
         return name in self._factories
 
-    def policy_class(self, name: str) -> PolicyClass:
-        """The class registered as `name`, or imported from 'package.module:Class'. UserError lists the
+    def policy_class(self, name: str) -> RegisteredPolicy:
+        """The class (and its `Params`) registered as `name`, or imported from 'package.module:Class'. UserError lists the
         known names; an imported class must declare its parameters (`Params`, a `PolicyParams`)."""
         factory = self._factories.get(name)
         if factory is not None:
@@ -55,7 +57,7 @@ class Registry:
         if not (isinstance(declared, type) and issubclass(declared, PolicyParams)):
             raise UserError(f"policy '{name}': declares no parameters; give the class a `Params` "
                             "(a subclass of gpufaas.platform.policy.params.PolicyParams, empty if it takes none)")
-        return cls
+        return RegisteredPolicy(cls, declared)
 
     def check(self, name: str, params: dict[str, Any]) -> PolicyParams:
         """`params` validated for policy `name` without building it (a run checks every policy's
@@ -64,9 +66,9 @@ class Registry:
 
     def make(self, name: str, **params: Any) -> Policy:
         """Build a policy by registered name or 'package.module:Class' (parameters validated)."""
-        cls = self.policy_class(name)
-        self.check(name, params)
-        return cls(**params)
+        entry = self.policy_class(name)
+        validate(name, entry.Params, params)
+        return entry.build(**params)
 
 
 def builtin_registry() -> Registry:
@@ -79,12 +81,12 @@ def builtin_registry() -> Registry:
     from gpufaas.platform.policy.static import StaticPolicy
 
     reg = Registry()
-    reg.register(names.ESG, EsgPolicy)
-    reg.register(names.ORACLE, OraclePolicy)
-    reg.register(names.INFLESS, InflessPolicy)
-    reg.register(names.FASTGSHARE, FastGSharePolicy)
-    reg.register(names.STATIC, StaticPolicy)
-    reg.register(names.BATCH1_WHOLEGPU, Batch1WholeGpu)
+    reg.register(names.ESG, EsgPolicy, EsgPolicy.Params)
+    reg.register(names.ORACLE, OraclePolicy, OraclePolicy.Params)
+    reg.register(names.INFLESS, InflessPolicy, InflessPolicy.Params)
+    reg.register(names.FASTGSHARE, FastGSharePolicy, FastGSharePolicy.Params)
+    reg.register(names.STATIC, StaticPolicy, StaticPolicy.Params)
+    reg.register(names.BATCH1_WHOLEGPU, Batch1WholeGpu, Batch1WholeGpu.Params)
     return reg
 
 

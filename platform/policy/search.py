@@ -30,6 +30,7 @@ import math
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Callable
 
 INF = math.inf
 
@@ -100,6 +101,11 @@ def _fill(st: StageTable, batch: int, root_batch: int, index: int) -> int:
     if index == 0 or batch <= root_batch:
         return 0
     return (batch - root_batch) * st.fill_ns_per_item
+
+
+def _cost_of(st: StageTable) -> Callable[[int], float]:
+    """Sort key: option index -> its cost (the no-blades search keeps every option, cheapest first)."""
+    return lambda k: st.options[k].cost
 
 
 def _validate(problem: list[StageTable]) -> None:
@@ -279,7 +285,7 @@ def astar(problem: list[StageTable], budget_ns: int, epsilon: float = 0.0, *, bl
     if blades:
         kept, pruned = _stage_options(problem, shape, budget_ns)
     else:
-        kept, pruned = [sorted(range(len(st.options)), key=lambda k, st=st: st.options[k].cost) for st in problem], 0
+        kept, pruned = [sorted(range(len(st.options)), key=_cost_of(st)) for st in problem], 0
     generated = pruned
     if any(not k for k in kept):
         return Result(None, INF, 0, 0, generated, pruned)
@@ -367,7 +373,7 @@ def astar(problem: list[StageTable], budget_ns: int, epsilon: float = 0.0, *, bl
                     pruned += 1
                     continue
                 h2 = 0.0
-                for j, gj, ups, room0, negt, cst, mt in plan:
+                for j, gj, ups, room0, negt, cst, mt in plan:  # type: ignore[union-attr]  # set whenever blades
                     sj = front2[gj] if gj >= 0 else 0
                     for p in ups:
                         if est[p] > sj:

@@ -2,7 +2,7 @@
 
 Usage (from the repository root; the CSVs are NOT part of the project, see ../shared/data/README.md):
 
-    .venv/bin/python platform/profiles/transcribe_migperf.py ../shared/data/migperf_a100
+    .venv/bin/python platform/profile_tables/transcribe_migperf.py ../shared/data/migperf_a100
 
 Source: Zhang et al., "MIGPerf: A Comprehensive Benchmark for Deep Learning Training and Inference
 Workloads on Multi-Instance GPUs", arXiv 2301.00407; data from HuaizhengZhang/MIGProfiler at commit
