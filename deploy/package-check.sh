@@ -6,7 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
 gw=""
-cleanup() { if [ -n "$gw" ]; then kill "$gw" 2>/dev/null || true; wait "$gw" 2>/dev/null || true; fi; rm -rf "$work"; }
+cleanup() {
+  rc=$?
+  if [ -n "$gw" ]; then kill "$gw" 2>/dev/null || true; wait "$gw" 2>/dev/null || true; fi
+  if [ "$rc" -ne 0 ] && [ -f "$work/gateway.log" ]; then echo "package-check: gateway log (last 40 lines):"; tail -40 "$work/gateway.log"; fi
+  rm -rf "$work"
+}
 trap cleanup EXIT
 echo "package-check: building the wheel"
 .venv/bin/python -m build --wheel --outdir "$work/dist" . > "$work/build.log" 2>&1 || { tail -20 "$work/build.log"; exit 1; }

@@ -23,6 +23,7 @@ groups): it reads its bundle copy and nothing of the gateway's data dir (0700/06
 from __future__ import annotations
 
 import asyncio
+import functools
 import ctypes
 import hashlib
 import importlib.util
@@ -146,8 +147,8 @@ async def sandbox_uid(python: str) -> int | None:
 
 async def _probe_uid(python: str, uid: int) -> str | None:
     try:
-        p = await asyncio.create_subprocess_exec(python, "-c", "import gpufaas.platform.worker", cwd="/", user=uid, group=uid,
-                                                 extra_groups=[], env={k: v for k, v in os.environ.items() if k in _ENV_KEEP},
+        p = await asyncio.create_subprocess_exec(python, "-c", "import gpufaas.platform.worker", cwd="/",
+                                                 preexec_fn=functools.partial(become, uid), env={k: v for k, v in os.environ.items() if k in _ENV_KEEP},
                                                  stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
                                                  stderr=asyncio.subprocess.PIPE)
     except OSError as e:
@@ -190,7 +191,7 @@ class Sandbox:
         return env
 
     def _apply(self) -> None:
-        """In the child, after fork and after the uid switch, before exec: the rlimits and no_new_privs."""
+        """In the child, after fork, before exec: the rlimits, no_new_privs, then the switch to the sandbox uid."""
         limits = [(resource.RLIMIT_NOFILE, self.open_files), (resource.RLIMIT_CORE, 0),
                   (resource.RLIMIT_FSIZE, self.file_mb * 1024 * 1024)]
         if self.uid is not None:
@@ -203,6 +204,8 @@ class Sandbox:
             resource.setrlimit(which, (n, n))
         if _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
+        if self.uid is not None:
+            become(self.uid)
 
     @property
     def stderr_path(self) -> Path:
@@ -225,13 +228,19 @@ class Sandbox:
         no_new_privs; stdout discarded, stderr to `stderr_path`. OSError when it cannot start.
         NOTE: no pipes for stdout/stderr: a process the handler forked could hold them open, and asyncio's
         `Process.wait()` waits for its pipes to close as well as for the process to exit."""
-        kw: dict[str, Any] = {}
-        if self.uid is not None:
-            kw.update(user=self.uid, group=self.uid, extra_groups=[])
         with open(self.stderr_path, "wb") as err:
             return await asyncio.create_subprocess_exec(*argv, env=env, stdin=stdin, stdout=asyncio.subprocess.DEVNULL, stderr=err,
                                                         pass_fds=pass_fds, start_new_session=True, cwd=str(self.workdir),
-                                                        preexec_fn=self._apply, **kw)
+                                                        preexec_fn=self._apply)
+
+
+def become(uid: int) -> None:
+    """In a child before exec: drop every group and switch to `uid` (gid = uid), for good.
+    NOTE: done here rather than with create_subprocess_exec's user/group/extra_groups, which uvloop (the
+    gateway's loop under `gpufaas up`) does not accept."""
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
 
 
 def share_read_only(src: Path, dst: Path) -> None:
@@ -266,7 +275,7 @@ async def kill_uid(uid: int) -> None:
     """Kill every process of sandbox uid `uid` (kill(-1) run as that uid: one atomic sweep, a fork bomb included)."""
     if uid < SANDBOX_UID_BASE:
         raise ValueError(f"uid {uid} is not a sandbox uid")
-    p = await asyncio.create_subprocess_exec("kill", "-KILL", "-1", user=uid, group=uid, extra_groups=[],
+    p = await asyncio.create_subprocess_exec("kill", "-KILL", "-1", preexec_fn=functools.partial(become, uid),
                                              stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     await p.wait()
 

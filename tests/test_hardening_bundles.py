@@ -232,3 +232,20 @@ async def test_a_hostile_handler_is_contained_and_the_platform_keeps_serving(san
             await be.aclose()
     finally:
         shutil.rmtree(data, ignore_errors=True)
+
+
+def test_the_check_and_its_uid_switch_run_under_uvloop(tmp_path: Path) -> None:
+    """`gpufaas up` serves on uvloop, whose subprocess_exec refuses user/group keywords: the sandbox must start
+    (and, as root, switch uid) there too, not only on asyncio's default loop."""
+    import uvloop
+
+    d, spec = make(tmp_path, GOOD)
+
+    async def main() -> None:
+        checker = BundleChecker(slots=1, timeout_s=25.0)
+        try:
+            await checker.check(d, spec, "emulated")
+        finally:
+            await checker.aclose()
+
+    uvloop.run(main())
