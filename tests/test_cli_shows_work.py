@@ -233,6 +233,7 @@ def _with_tty_stderr(argv: list[str]) -> tuple[int, str, str]:
     return p.wait(timeout=300), out, b"".join(chunks).decode(errors="replace")
 
 
+@pytest.mark.slow  # runs `gpufaas` in a subprocess: `make test`, not `make test-fast`
 def test_sim_progress_only_on_a_terminal_and_never_with_json(tiny):
     argv = [GPUFAAS, "sim", "--scenario", str(tiny), "--policy", "batch1-wholegpu", "--sweep", "load=0.5,1,2,4"]
     code, out_tty, term = _with_tty_stderr(argv)
@@ -246,6 +247,7 @@ def test_sim_progress_only_on_a_terminal_and_never_with_json(tiny):
     assert len(json.loads(out)["results"]) == 4
 
 
+@pytest.mark.slow  # runs `gpufaas` in a subprocess: `make test`, not `make test-fast`
 def test_bench_progress_never_with_json_or_without_a_terminal():
     argv = [GPUFAAS, "bench", "sim", "--duration", "1"]
     code, out, term = _with_tty_stderr(argv + ["--json"])

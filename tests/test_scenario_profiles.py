@@ -181,6 +181,7 @@ def test_gpufaas_sim_runs_the_v100_scenario():
     assert res["warmup_s"] == 2.0 and res["cost"]["allocated_usd"] > 0
 
 
+@pytest.mark.slow  # runs `gpufaas` in a subprocess: `make test`, not `make test-fast`
 def test_gpufaas_sim_without_the_folder_names_the_searched_folders_and_profiles_flag_fixes_it(tmp_path):
     bare = v100_scenario_without_profiles(tmp_path)
     r = gpufaas("sim", "--scenario", str(bare), "--policy", "fastgshare", "--json")
@@ -195,6 +196,7 @@ def test_gpufaas_sim_without_the_folder_names_the_searched_folders_and_profiles_
     assert json.loads(r.stdout)["results"][0]["completed"] > 0
 
 
+@pytest.mark.slow  # runs `gpufaas` in a subprocess: `make test`, not `make test-fast`
 def test_bad_profiles_flags_are_usage_errors(tmp_path):
     r = gpufaas("sim", "--scenario", str(V100_SCENARIO), "--profiles", str(tmp_path / "nope"))
     assert r.returncode == 2 and "Invalid value for '--profiles'" in r.stderr and "does not exist" in r.stderr
@@ -209,6 +211,7 @@ def test_bad_profiles_flags_are_usage_errors(tmp_path):
     assert r.returncode == 2 and "-o/--output and --profiles both say where to write" in r.stderr
 
 
+@pytest.mark.slow  # runs `gpufaas` in a subprocess: `make test`, not `make test-fast`
 def test_gpufaas_profile_writes_into_the_folder_that_sim_reads(tmp_path):
     folder = tmp_path / "my-profiles"
     r = gpufaas("profile", str(FUNCTIONS / "preprocess"), "--small", "--batches", "1,2", "--repeats", "1",
