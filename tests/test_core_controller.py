@@ -48,9 +48,9 @@ def test_virtual_clock_orders_by_time_then_fifo():
 
 def test_registry_refuses_duplicates_and_lists_names():
     r = Registry()
-    r.register("p", Batch1WholeGpu, Batch1WholeGpu.Params)
+    r.register_policy("p", Batch1WholeGpu, Batch1WholeGpu.Params)
     with pytest.raises(ValueError, match="already registered"):
-        r.register("p", Batch1WholeGpu, Batch1WholeGpu.Params)
+        r.register_policy("p", Batch1WholeGpu, Batch1WholeGpu.Params)
     with pytest.raises(UserError, match=r"unknown policy 'nope'; registered policies: .*batch1-wholegpu"):
         builtin_registry().make("nope")
     assert builtin_registry().make("tests.test_core_controller:Scripted").name == "scripted"

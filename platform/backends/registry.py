@@ -18,6 +18,7 @@ from typing import Callable, Literal
 from gpufaas.platform.backends.interface import LiveBackend
 from gpufaas.platform.clock import Clock
 from gpufaas.platform.errors import UserError
+from gpufaas.platform.registry import NamedRegistry
 
 BundleDir = Callable[[str], Path]  # function name -> its bundle folder
 
@@ -45,28 +46,16 @@ class BackendOptions:
 BackendFactory = Callable[[Clock, BackendOptions, BundleDir], LiveBackend]
 
 
-class BackendRegistry:
-    """Name -> factory of a live backend. `register` raises on a duplicate name; names keep their order."""
+class BackendRegistry(NamedRegistry[BackendFactory]):
+    """Name -> factory of a live backend. `register` raises on a duplicate name; names keep their order (the
+    default first)."""
 
-    def __init__(self) -> None:
-        self._factories: dict[str, BackendFactory] = {}
-
-    def register(self, name: str, factory: BackendFactory) -> None:
-        if name in self._factories:
-            raise ValueError(f"backend '{name}' is already registered")
-        self._factories[name] = factory
-
-    def names(self) -> list[str]:
-        """Registered names, in registration order (the default first)."""
-        return list(self._factories)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._factories
+    kind = "backend"
 
     def build(self, name: str, clock: Clock, options: BackendOptions, bundle_dir: BundleDir) -> LiveBackend:
         """A new backend, ready for `Controller(...)`; its blocking set-up is `prepare`, called by the caller.
         UserError for an unknown name (listing the registered ones) or a missing optional package."""
-        factory = self._factories.get(name)
+        factory = self._entries.get(name)
         if factory is None:
             *rest, last = self.names()
             known = f"{', '.join(rest)} or {last}" if rest else last

@@ -14,36 +14,32 @@ from gpufaas.platform.errors import UserError
 from gpufaas.platform.policy import names
 from gpufaas.platform.policy.interface import Policy, RegisteredPolicy
 from gpufaas.platform.policy.params import PolicyParams, validate
+from gpufaas.platform.registry import NamedRegistry
 
 
-class Registry:
+class Registry(NamedRegistry[RegisteredPolicy]):
     """Name -> policy class. `register` raises on a duplicate name."""
 
-    def __init__(self) -> None:
-        self._factories: dict[str, RegisteredPolicy] = {}
+    kind = "policy"
 
-    def register(self, name: str, build: Callable[..., Policy], params: type[PolicyParams]) -> None:
+    def register_policy(self, name: str, build: Callable[..., Policy], params: type[PolicyParams]) -> None:
         """Register policy class `build` (called with validated keyword parameters) with its parameter
         model `params` (the class's `Params`). ValueError on a duplicate name."""
-        if name in self._factories:
-            raise ValueError(f"policy '{name}' is already registered")
-        self._factories[name] = RegisteredPolicy(build, params)
+        self.register(name, RegisteredPolicy(build, params))
 
     def merge(self, other: "Registry") -> None:
         """Add every policy of `other` (out-of-tree packages); duplicates raise."""
-        for name, f in other._factories.items():
-            self.register(name, f.build, f.Params)
+        for name, entry in other._entries.items():
+            self.register(name, entry)
 
     def names(self) -> list[str]:
-        return sorted(self._factories)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._factories
+        """Registered names, sorted (how the CLI lists them)."""
+        return sorted(self._entries)
 
     def policy_class(self, name: str) -> RegisteredPolicy:
         """The class (and its `Params`) registered as `name`, or imported from 'package.module:Class'. UserError lists the
         known names; an imported class must declare its parameters (`Params`, a `PolicyParams`)."""
-        factory = self._factories.get(name)
+        factory = self._entries.get(name)
         if factory is not None:
             return factory
         if ":" not in name:
@@ -81,12 +77,12 @@ def builtin_registry() -> Registry:
     from gpufaas.platform.policy.static import StaticPolicy
 
     reg = Registry()
-    reg.register(names.ESG, EsgPolicy, EsgPolicy.Params)
-    reg.register(names.ORACLE, OraclePolicy, OraclePolicy.Params)
-    reg.register(names.INFLESS, InflessPolicy, InflessPolicy.Params)
-    reg.register(names.FASTGSHARE, FastGSharePolicy, FastGSharePolicy.Params)
-    reg.register(names.STATIC, StaticPolicy, StaticPolicy.Params)
-    reg.register(names.BATCH1_WHOLEGPU, Batch1WholeGpu, Batch1WholeGpu.Params)
+    reg.register_policy(names.ESG, EsgPolicy, EsgPolicy.Params)
+    reg.register_policy(names.ORACLE, OraclePolicy, OraclePolicy.Params)
+    reg.register_policy(names.INFLESS, InflessPolicy, InflessPolicy.Params)
+    reg.register_policy(names.FASTGSHARE, FastGSharePolicy, FastGSharePolicy.Params)
+    reg.register_policy(names.STATIC, StaticPolicy, StaticPolicy.Params)
+    reg.register_policy(names.BATCH1_WHOLEGPU, Batch1WholeGpu, Batch1WholeGpu.Params)
     return reg
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 from gpufaas.platform.errors import UserError
+from gpufaas.platform.registry import NamedRegistry
 from gpufaas.platform.residency.interface import Residency
 
 FIXED, LRU, COST_AWARE, HISTOGRAM = "fixed", "lru", "cost-aware", "histogram"
@@ -18,33 +19,21 @@ FIXED, LRU, COST_AWARE, HISTOGRAM = "fixed", "lru", "cost-aware", "histogram"
 DEFAULT = FIXED
 
 
-class ResidencyRegistry:
-    """Name -> factory of a fresh `Residency` (one per controller). `register` raises on a duplicate."""
+class ResidencyRegistry(NamedRegistry[Callable[[], Residency]]):
+    """Name -> factory of a fresh `Residency` (one per controller, called with no argument). `register` raises
+    on a duplicate."""
 
-    def __init__(self) -> None:
-        self._factories: dict[str, Callable[[], Residency]] = {}
-
-    def register(self, name: str, build: Callable[[], Residency]) -> None:
-        """Register `build` (called with no argument) as `name`. ValueError on a duplicate name."""
-        if name in self._factories:
-            raise ValueError(f"residency policy '{name}' is already registered")
-        self._factories[name] = build
-
-    def names(self) -> list[str]:
-        return list(self._factories)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._factories
+    kind = "residency policy"
 
     def check(self, name: str, flag: str = "residency") -> str:
         """`name` if registered; UserError naming `flag` and the registered names otherwise."""
-        if name not in self._factories:
-            raise UserError(f"{flag}: unknown residency policy '{name}'; use one of {', '.join(self._factories)}")
+        if name not in self._entries:
+            raise UserError(f"{flag}: unknown residency policy '{name}'; use one of {', '.join(self._entries)}")
         return name
 
     def make(self, name: str) -> Residency:
         """A fresh residency policy (UserError for an unknown name)."""
-        return self._factories[self.check(name)]()
+        return self._entries[self.check(name)]()
 
 
 def builtin_registry() -> ResidencyRegistry:
