@@ -22,6 +22,7 @@ from typing import Any, Mapping, Protocol
 
 from pydantic import Field
 
+from gpufaas.gateway.config import ADMIN_KEY_FILE, DEFAULT_DATA_DIR
 from gpufaas.platform.errors import SpecError, UserError
 from gpufaas.platform.specs import MAX_BUNDLE_BYTES, MAX_BUNDLE_FILE_BYTES, MAX_BUNDLE_FILES, Spec, read_yaml
 
@@ -29,7 +30,6 @@ DEFAULT_GATEWAY = "http://127.0.0.1:8080"
 ENV_GATEWAY = "GPUFAAS_GATEWAY"
 ENV_API_KEY = "GPUFAAS_API_KEY"
 ENV_DATA_DIR = "GPUFAAS_DATA_DIR"
-DEFAULT_DATA_DIR = ".gpufaas"  # GatewayConfig.data_dir's default
 LOCAL_HOSTS = frozenset(("127.0.0.1", "localhost", "::1", "0.0.0.0"))
 STACK_VERSIONS = ("1",)
 BUNDLE_SUFFIXES = (".py", ".yaml", ".yml", ".json", ".txt", ".cfg", ".toml")
@@ -53,7 +53,7 @@ def resolve_api_key(flag: str | None, gateway_url: str, env: Mapping[str, str] |
     if key:
         return key.strip()
     if urllib.parse.urlsplit(gateway_url).hostname in LOCAL_HOSTS:
-        path = Path(source.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR) / "admin.key"
+        path = Path(source.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR) / ADMIN_KEY_FILE
         try:
             return path.read_text().strip() or None
         except OSError:

@@ -21,6 +21,10 @@ BACKENDS = tuple(backend_names())  # the live backend registry's names, the defa
 DEFAULT_CLUSTER = clusters_dir() / "a100x4.yaml"
 
 
+DEFAULT_DATA_DIR = ".gpufaas"
+ADMIN_KEY_FILE = "admin.key"  # in the data dir: the admin key, written once (the CLI reads it for a local gateway)
+
+
 class GatewayConfig(BaseModel):
     """Configuration of one gateway process."""
 
@@ -33,7 +37,7 @@ class GatewayConfig(BaseModel):
     policy_params: dict = Field(default_factory=dict, description="keyword parameters of the policy")
     backend: str = Field(BACKENDS[0], description=f"where instances run: {', '.join(BACKENDS)} (platform/backends/registry.py)")
     execute: Literal["emulated", "real"] = Field("emulated", description="emulated: hold for the profiled latency; real: run the handler")
-    data_dir: Path = Field(Path(".gpufaas"), description="folder of the SQLite store and the uploaded bundles")
+    data_dir: Path = Field(Path(DEFAULT_DATA_DIR), description="folder of the SQLite store and the uploaded bundles")
     max_body_mb: float = Field(16.0, gt=0, description="largest request body accepted (413 above it), MB")
     invocation_timeout_s: float = Field(30.0, gt=0, le=MAX_DURATION_S, description="an invocation still running after this long ends as timed_out")
     keep_alive_s: float = Field(60.0, ge=0, le=MAX_DURATION_S, description="default idle time before an instance is stopped")
@@ -68,6 +72,11 @@ class GatewayConfig(BaseModel):
         """What the backend registry builds `backend` with (`gpufaas.platform.backends.registry.build_backend`)."""
         return BackendOptions(execute=self.execute, cold_start_scale=self.cold_start_scale,
                               threads_per_worker=self.threads_per_worker, scope=f"gw{self.port}", bundles_dir=self.bundles_dir)
+
+    @property
+    def admin_key_file(self) -> Path:
+        """Where the gateway writes its admin key at the first start (mode 0600)."""
+        return self.data_dir / ADMIN_KEY_FILE
 
     @property
     def db_path(self) -> Path:

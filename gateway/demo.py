@@ -108,6 +108,7 @@ def stop_gateway(proc: subprocess.Popen, timeout_s: float = 30.0) -> tuple[int, 
 
 async def demo(args: argparse.Namespace) -> int:
     from gpufaas.gateway.client import Client, deploy_stack, load_stack
+    from gpufaas.gateway.config import ADMIN_KEY_FILE
     from gpufaas.loadgen import live_report
     from gpufaas.loadgen.driver import Driver
 
@@ -128,7 +129,7 @@ async def demo(args: argparse.Namespace) -> int:
     try:
         await wait_healthy(url, proc)
         print(f"{at()} gateway up", flush=True)
-        key = (tmp / "data" / "admin.key").read_text().strip()  # written by the gateway at its first start
+        key = (tmp / "data" / ADMIN_KEY_FILE).read_text().strip()  # written by the gateway at its first start
         client = Client(url, api_key=key)
         items = load_stack(STACK)
         deployed = await loop.run_in_executor(None, deploy_stack, client, items)

@@ -231,8 +231,6 @@ class Metrics:
             q = inst.function.name
             self.cold_starts.labels(tenant_of(q), short(q)).inc()
 
-    def render(self, ctl: Controller | None = None) -> bytes:
-        """The text exposition. `ctl`, when given, is watched first (see `watch`)."""
-        if ctl is not None:
-            self.watch(ctl)
+    def render(self) -> bytes:
+        """The text exposition (the controller's figures once `watch` has been called)."""
         return generate_latest(self.registry)

@@ -31,7 +31,6 @@ from gpufaas.platform.backends.registry import build_backend
 from gpufaas.platform.clock import NS_PER_S, LoopClock
 from gpufaas.platform.controller import Controller
 from gpufaas.platform.errors import SpecError, UserError
-from gpufaas.platform.tenancy import TenantShare
 from gpufaas.platform.runtime import FunctionRt, Invocation, InvocationStatus, WorkflowRt
 from gpufaas.platform.specs import ClusterSpec, FunctionSpec, TensorSpec, WorkflowSpec, load_yaml, parse
 
@@ -133,6 +132,7 @@ class Platform:
         self.ctl: Controller
         self.backend: LiveBackend | None = None
         self._started = False  # the controller exists
+        self._units_total = 0  # share units of the whole cluster (set with the controller)
         self.store: Store | None = None
         self.clock: LoopClock  # built by start(), with the controller
         self.policy_name = ""
@@ -170,12 +170,14 @@ class Platform:
         cfg.bundles_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(cfg.db_path, result_retention_s=cfg.result_retention_s)
         self.recovered = self.store.recover()
+        self._bootstrap_admin()
         self._load_tenants()
         self.backend = build_backend(cfg.backend, self.clock, cfg.backend_options(), self.bundle_dir)
         await loop.run_in_executor(None, self.backend.prepare, cluster)
         self.ctl = Controller(cluster, profiles, policy, self.backend, self.clock, keep_alive_s=cfg.keep_alive_s, live=True,
                               residency=make_residency(cfg.residency))
         self._started = True
+        self._units_total = sum(g.share_units for g in self.ctl.gpus)  # the cluster is fixed for the gateway's life
         self._push_shares()
         self.ctl.on_instance_event = self.metrics.instance_event
         self.metrics.watch(self.ctl)
@@ -235,23 +237,27 @@ class Platform:
 
     # ------------------------------------------------------------------ tenants
 
-    def _load_tenants(self) -> None:
-        """Read the tenants from the store; on the first start, create the default tenant with the admin key
-        and write that key to `<data-dir>/admin.key` (mode 0600), the one place it is ever written."""
+    def _bootstrap_admin(self) -> None:
+        """At start: on the first start (no default tenant, or no key file), create the default tenant with the
+        admin key and write that key to `<data-dir>/admin.key` (mode 0600), the one place it is ever written."""
         assert self.store is not None
-        rows = self.store.tenants()
-        key_file = self.cfg.data_dir / "admin.key"
-        if not any(name == DEFAULT_TENANT for name, *_ in rows) or not key_file.exists():
-            key = self.cfg.admin_key or new_key()
-            self.store.put_tenant(DEFAULT_TENANT, key_hash(key), True, {})
-            key_file.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(key + "\n")
-            rows = self.store.tenants()
+        key_file = self.cfg.admin_key_file
+        if any(name == DEFAULT_TENANT for name, *_ in self.store.tenants()) and key_file.exists():
+            return
+        key = self.cfg.admin_key or new_key()
+        self.store.put_tenant(DEFAULT_TENANT, key_hash(key), True, {})
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(key + "\n")
+
+    def _load_tenants(self) -> None:
+        """Read the tenants from the store (at start and after every change to them); push their shares to the
+        controller once it exists."""
+        assert self.store is not None
         self.tenants.clear()
         self._by_key.clear()
-        for name, khash, admin, limits in rows:
+        for name, khash, admin, limits in self.store.tenants():
             t = Tenant(name, admin, Limits.model_validate(limits))
             self.tenants[name] = t
             self._by_key[khash] = t
@@ -260,7 +266,7 @@ class Platform:
 
     def _push_shares(self) -> None:
         """The tenants' weights and share-unit caps to the controller, which enforces them for every policy."""
-        self.ctl.set_tenants({t.name: TenantShare(t.limits.weight, t.limits.max_share_units) for t in self.tenants.values()})
+        self.ctl.set_tenants({t.name: t.limits.share() for t in self.tenants.values()})
 
     def tenant_for_key(self, key: str) -> Tenant | None:
         """The tenant whose API key is `key`, or None (the auth middleware answers 401)."""
@@ -289,8 +295,7 @@ class Platform:
         """Remove a tenant that owns nothing (UserError naming what it still owns), never the default one."""
         if name == DEFAULT_TENANT:
             raise UserError("the default tenant holds the admin key and cannot be removed")
-        owned = [f"function {short(q)}" for q in self.ctl.functions if tenant_of(q) == name]
-        owned += [f"workflow {short(q)}" for q in self.ctl.workflows if tenant_of(q) == name]
+        owned = [f"function {n}" for n in self.function_names(name)] + [f"workflow {n}" for n in self.workflow_names(name)]
         if owned:
             raise UserError(f"tenant {name!r} still owns {', '.join(owned[:10])}; remove them first")
         assert self.store is not None
@@ -398,10 +403,14 @@ class Platform:
         self.store.put_workflow(qspec.name, spec.model_dump(mode="json"))
         return "created" if old is None else "updated"
 
+    def _workflows_using(self, q: str) -> list[str]:
+        """The (tenant-side) names of the workflows with a stage running controller function `q`, sorted."""
+        return sorted(short(w.name) for w in self.ctl.workflows.values() if any(s.function == q for s in w.stages))
+
     def remove_function(self, tenant: str, name: str) -> None:
         """Remove `tenant`'s function `name` (UserError -> 409 while one of its workflows uses it)."""
         q = qualify(tenant, name)
-        users = sorted(short(w.name) for w in self.ctl.workflows.values() if any(s.function == q for s in w.stages))
+        users = self._workflows_using(q)
         if users:
             raise UserError(f"function '{name}' is used by workflow(s) {', '.join(repr(u) for u in users)}; remove those first")
         self.ctl.remove_function(q)
@@ -458,7 +467,7 @@ class Platform:
         full batch (the largest batch size) of the workflow's entry stages. Below it nothing can be said to queue
         beyond capacity, so the queue bound never refuses there, whatever the drain rate (unknown at first)."""
         batch = max((max(self.ctl.functions[wf.stages[e].function].batch_sizes, default=1) for e in wf.entries), default=1)
-        return sum(g.share_units for g in self.ctl.gpus) * batch
+        return self._units_total * batch
 
     def _unadmit(self, wf: WorkflowRt) -> None:
         """An admitted invocation that was never submitted (the controller or the store refused it)."""
@@ -553,7 +562,7 @@ class Platform:
             return None
         insts = [{"id": i.id, "gpu": i.gpu.id, "share": i.share, "state": i.state.name.lower(), "max_batch": i.max_batch}
                  for i in ctl.instances_by_fn.get(q, [])]
-        used_by = sorted(short(w.name) for w in ctl.workflows.values() if any(s.function == q for s in w.stages))
+        used_by = self._workflows_using(q)
         spec = fn.spec.model_dump(mode="json")
         spec["name"] = name
         return {"name": name, "kind": "function", "spec": spec, "files": self.files.get(q, []), "instances": insts, "used_by": used_by}

@@ -20,11 +20,12 @@ import hashlib
 import math
 import re
 import secrets
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from gpufaas.platform.errors import UserError
+from gpufaas.platform.tenancy import TenantShare
 
 DEFAULT_TENANT = "default"
 TENANT_RE = r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$"
@@ -79,6 +80,11 @@ class Limits(BaseModel):
     max_concurrency: int | None = Field(None, ge=1, le=1_000_000, description="invocations in flight at once")
     rate_rps: float | None = Field(None, gt=0, le=1e6, allow_inf_nan=False, description="invocations admitted per second (token bucket)")
 
+    def share(self) -> TenantShare:
+        """What the controller enforces of these limits (`Controller.set_tenants`): the weight and the share cap.
+        Who calls it: the gateway and the simulator; rate and concurrency are admission, not the controller's."""
+        return TenantShare(self.weight, self.max_share_units)
+
 
 @dataclass(frozen=True)
 class Tenant:
@@ -92,8 +98,6 @@ class Tenant:
         """The tenant as the API shows it."""
         return {"name": self.name, "admin": self.admin, **self.limits.model_dump()}
 
-    def with_limits(self, limits: Limits) -> "Tenant":
-        return replace(self, limits=limits)
 
 
 class QuotaExceeded(Exception):

@@ -148,13 +148,13 @@ def stack_file(scenario_path: Path, folder: Path) -> Path:
     names them (bundle folders and YAML files by absolute path; inline specs as they are)."""
     import yaml
 
-    from gpufaas.loadgen.trace import expand_env
+    from gpufaas.loadgen.scenario import entry_path
     from gpufaas.platform.specs import read_yaml
 
     data = read_yaml(scenario_path)
     doc: dict = {"version": "1"}
     for key in ("functions", "workflows"):
-        doc[key] = [str((scenario_path.parent / expand_env(e, f"{scenario_path}: {key}")).resolve()) if isinstance(e, str) else e
+        doc[key] = [str(entry_path(e, scenario_path.parent, f"{scenario_path}: {key}")) if isinstance(e, str) else e
                     for e in data.get(key, [])]
     p = folder / "stack.yaml"
     p.write_text(yaml.safe_dump(doc, sort_keys=False))

@@ -94,13 +94,8 @@ def cached_profiles(path: str, duration_s: float | None, dirs: tuple[str, ...]):
 def run_cell(cell: Cell, duration_s: float | None = None) -> dict:
     """One `run_scenario` report with the scenario's name added. Runs in a pool worker (or inline);
     profiles are loaded once per worker and scenario."""
-    from gpufaas.loadgen.simdriver import run_scenario
-
-    sc = cached_scenario(cell.scenario_path, duration_s)
-    r = run_scenario(sc, cell.policy, seed=cell.seed, load=cell.load, policy_params=dict(cell.params) or None,
-                     profiles=cached_profiles(cell.scenario_path, duration_s, cell.profiles), tenants=cell.tenants,
-                     classes=cell.classes, residency=cell.residency)
-    return {"scenario": sc.name, **r}
+    return _run_loaded(cell, cached_scenario(cell.scenario_path, duration_s),
+                       cached_profiles(cell.scenario_path, duration_s, cell.profiles))
 
 
 def _weight(cell: Cell, duration_s: float | None) -> float:
@@ -144,12 +139,13 @@ def run_grid(cells: list[Cell], jobs: int, duration_s: float | None = None,
 
 
 def _run_loaded(cell: Cell, scenario: "Scenario", profiles: "Profiles") -> dict:
-    """`run_cell` on a scenario and profiles the caller loaded (a Ray task receives them from the object
-    store, so a node needs gpufaas installed but not the scenario's files)."""
+    """One `run_scenario` report with the scenario's name added, on a scenario and profiles the caller loaded:
+    `run_cell` (from this process's caches) and a Ray task (from the object store, so a node needs gpufaas
+    installed but not the scenario's files)."""
     from gpufaas.loadgen.simdriver import run_scenario
 
     r = run_scenario(scenario, cell.policy, seed=cell.seed, load=cell.load, policy_params=dict(cell.params) or None,
-                     profiles=profiles, tenants=cell.tenants, classes=cell.classes)
+                     profiles=profiles, tenants=cell.tenants, classes=cell.classes, residency=cell.residency)
     return {"scenario": scenario.name, **r}
 
 

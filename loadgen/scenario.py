@@ -131,12 +131,18 @@ def _warmup_message(warmup_s: float, duration_s: float) -> str:
             f"(0 reports the whole run)")
 
 
+def entry_path(entry: str, base: Path, where: str) -> Path:
+    """A path a scenario names (`${VAR}` expanded; relative to the scenario's folder `base`), absolute.
+    Who calls it: `_resolve` and `gpufaas fidelity` (its stack manifest)."""
+    return (base / expand_env(entry, where)).resolve()
+
+
 def _resolve(entry: Any, base: Path, where: str) -> Any:
     """An inline mapping as is; a string is a path (`${VAR}` expanded) to a YAML file or a bundle folder with
     function.yaml, read here. `where` names the file and the field in errors."""
     if not isinstance(entry, str):
         return entry
-    p = (base / expand_env(entry, where)).resolve()
+    p = entry_path(entry, base, where)
     if p.is_dir():
         p = p / "function.yaml"
     if not p.exists():
@@ -306,7 +312,7 @@ def with_tenant_copies(sc: Scenario, where: str) -> Scenario:
 
 def tenant_shares(sc: Scenario) -> dict[str, TenantShare]:
     """The controller's view of the scenario's tenants (`Controller.set_tenants`): weight and share cap."""
-    return {name: TenantShare(lim.weight, lim.max_share_units) for name, lim in sc.tenants.items()}
+    return {name: lim.share() for name, lim in sc.tenants.items()}
 
 
 def target_filter(sc: Scenario, tenants: Iterable[str] = (), classes: Iterable[str] = ()) -> frozenset[int] | None:

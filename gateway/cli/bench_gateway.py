@@ -83,6 +83,7 @@ def measure(*, duration_s: float = 2.0, concurrency: int = 64, rounds: int = 5, 
     import uvloop
 
     from gpufaas.gateway.client import Client
+    from gpufaas.gateway.config import ADMIN_KEY_FILE
 
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
     server_cpu, client_cpu = (cpus[0], cpus[1]) if len(cpus) >= 2 else (None, None)
@@ -91,7 +92,7 @@ def measure(*, duration_s: float = 2.0, concurrency: int = 64, rounds: int = 5, 
     procs: list[subprocess.Popen] = []
     try:
         gw, gw_port = _start(procs, __name__, str(tmp / "gw"), policy, cpu=server_cpu)
-        key = (tmp / "gw" / "admin.key").read_text().strip()  # written by the gateway's first start, before it listens
+        key = (tmp / "gw" / ADMIN_KEY_FILE).read_text().strip()  # written by the gateway's first start, before it listens
         auth = {"Authorization": f"Bearer {key}"}
         client = Client(f"http://127.0.0.1:{gw_port}", timeout_s=30, api_key=key)
         client.request("POST", "/v1/functions", {"name": "zero", "model": "zero", "batch_sizes": [1, 2, 4, 8], "shares": [1.0],

@@ -42,8 +42,9 @@ def add_named_routes(router: web.UrlDispatcher, res: Named) -> None:
 
     async def delete(request: web.Request) -> web.Response:
         plat, tenant, name = request.app[PLATFORM], request[TENANT].name, request.match_info["name"]
-        if name not in res.names(plat, tenant):
-            raise not_found(kind, name, res.names(plat, tenant))
+        names = res.names(plat, tenant)
+        if name not in names:
+            raise not_found(kind, name, names)
         try:
             res.remove(plat, tenant, name)
         except UserError as e:
