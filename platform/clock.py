@@ -124,7 +124,7 @@ class VirtualClock:
 
 
 class _LazyLoop:
-    """Stands for "the loop running when the clock is first used" (see LoopClock.__init__)."""
+    """Stands for "the loop running at each call" (see LoopClock.__init__)."""
 
     def __getattr__(self, name: str) -> Any:
         import asyncio
@@ -142,8 +142,8 @@ class LoopClock:
     def __init__(self, loop: Any | None = None) -> None:
         import asyncio
 
-        # NOTE: without `loop`, the running loop; built outside one (a test's set-up), the loop is taken at the
-        # first call instead (asyncio.get_event_loop() without a running loop is deprecated and may raise).
+        # NOTE: without `loop`, the running loop; built outside one (a test's set-up), the running loop is looked
+        # up at every call instead (asyncio.get_event_loop() without a running loop is deprecated and may raise).
         if loop is None:
             try:
                 loop = asyncio.get_running_loop()

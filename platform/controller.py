@@ -74,8 +74,8 @@ class Controller:
         # idle, warm, not stopping, empty backlog: ready for a batch now (insertion order = idle since)
         self.idle_by_fn: dict[str, dict[int, Instance]] = {}
         self.starting_by_fn: dict[str, int] = {}
-        self._last_config: dict[str, tuple[str, int, int]] = {}
-        self._made_room_ns: dict[str, int] = {}  # function -> when evictions last made room for it  # function -> (GPU type, units, max_batch) of its last start
+        self._last_config: dict[str, tuple[str, int, int]] = {}  # function -> (GPU type, units, max_batch) of its last start
+        self._made_room_ns: dict[str, int] = {}  # function -> when evictions last made room for it
         self.ready_queues: dict[tuple[str, str], AfwQueue] = {}
         self.jobs: dict[int, Job] = {}
         self.inflight: dict[int, Invocation] = {}
@@ -113,6 +113,7 @@ class Controller:
         if spec.name in self.functions:
             for inst in list(self.instances_by_fn.get(spec.name, ())):
                 self._stop(inst)
+            self._forget(spec.name)
         self.functions[spec.name] = fn
         self.instances_by_fn.setdefault(spec.name, [])
         self.idle_by_fn.setdefault(spec.name, {})
@@ -158,7 +159,14 @@ class Controller:
         self.idle_by_fn.pop(name, None)
         self.queued_by_fn.pop(name, None)
         self.starting_by_fn.pop(name, None)
+        self._forget(name)
         self.tenancy.refresh()
+
+    def _forget(self, name: str) -> None:
+        """Drop what the controller learnt of function `name`'s previous compilation (removed or replaced: a new
+        profile or share list may not accept its last configuration)."""
+        self._last_config.pop(name, None)
+        self._made_room_ns.pop(name, None)
 
     def set_tenants(self, shares: Mapping[str, TenantShare]) -> None:
         """Replace every tenant's weight and share cap (a tenant not in `shares` has the defaults: weight 1, no
@@ -426,13 +434,14 @@ class Controller:
         if fn.max_instances is not None and len(self.instances_by_fn[fn.name]) >= fn.max_instances:
             self.acct.refuse(f"max_instances: {fn.name} has {fn.max_instances} live instance(s), its max_instances")
             return
-        # NOTE: an eviction happens only for a Start that would then go ahead (its tenancy check passes)
+        # NOTE: an eviction happens only for a Start that would then go ahead (its tenancy check passes); evicting
+        # only lowers what tenants hold, so the check's answer before it stands after it
+        why = self.tenancy.check_start(fn, gpu, a.share_units)
         if ((gpu.free_units < a.share_units or gpu.free_mb < mem)
-                and (self.tenancy.check_start(fn, gpu, a.share_units) or not self._make_room(gpu, a.share_units, mem, fn))):
+                and (why or not self._make_room(gpu, a.share_units, mem, fn))):
             self.acct.refuse(f"over-commit: GPU {gpu.id} has {gpu.free_units} units / {gpu.free_mb:.0f} MB free, "
                              f"asked {a.share_units} / {mem:.0f}")
             return
-        why = self.tenancy.check_start(fn, gpu, a.share_units)
         if why:
             self.acct.refuse(why)
             return
@@ -824,7 +833,7 @@ class Controller:
 
     def stop_instance(self, inst: Instance) -> None:
         """Stop `inst`: at once when idle or starting, after its current batch (and backlog) when busy. Who
-        calls it: the controller's own Stop path and keep-alive, and `Tenancy` (fair share, realtime room)."""
+        calls it: `Tenancy` (fair share, realtime room); the controller's own paths call `_stop`."""
         self._stop(inst)
 
     def _stop(self, inst: Instance) -> None:

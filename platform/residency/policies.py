@@ -153,6 +153,9 @@ class Histogram(Fixed):
     def __init__(self) -> None:
         self.seen: dict[str, _Arrivals] = {}
         self.gaps_ms: dict[str, GapHistogram] = {}
+        # function -> (samples, windows): the two quantiles walk the histogram's buckets, so they are read again
+        # only when a gap was added (an instance goes idle about once per batch; arrivals are rarer)
+        self._windows: dict[str, tuple[int, tuple[int, int] | None]] = {}
 
     def observe_arrival(self, fn: FunctionRt, now_ns: int) -> None:
         """Add the gap since `fn`'s previous arrival to its histogram."""
@@ -169,8 +172,12 @@ class Histogram(Fixed):
         h = self.gaps_ms.get(fn.name)
         if h is None or h.n < self.MIN_SAMPLES:
             return None
+        cached = self._windows.get(fn.name)
+        if cached is not None and cached[0] == h.n:
+            return cached[1]
         head = int(h.quantile(self.HEAD_Q) * NS_PER_MS * (1 - self.MARGIN))
         tail = int(h.quantile(self.TAIL_Q) * NS_PER_MS * (1 + self.MARGIN))
+        self._windows[fn.name] = (h.n, (head, tail))
         return head, tail
 
     def _prewarms(self, fn: FunctionRt, head_ns: int) -> bool:
