@@ -19,6 +19,7 @@ Who calls `create_app`: `gpufaas up`, the demo, the gateway benchmark, the tests
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import AsyncIterator, Callable
@@ -48,7 +49,9 @@ class PathOnlyAccessLogger(AbstractAccessLogger):
 async def _platform_ctx(app: web.Application) -> AsyncIterator[None]:
     plat = app[PLATFORM]
     await plat.start()
+    lag = asyncio.get_running_loop().create_task(app[METRICS].loop_lag.run())
     yield
+    lag.cancel()
     await plat.close()
 
 

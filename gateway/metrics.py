@@ -20,6 +20,7 @@ fractions 0-1 as `_ratio`, counters `_total` (prometheus_client adds it to a cou
     gpufaas_gpu_share_in_use_ratio{gpu,node}            fraction of each GPU allocated to instances
     gpufaas_instances{tenant,function}                  live instances
     gpufaas_queued_jobs                                 jobs waiting in AFW queues
+    gpufaas_event_loop_lag_seconds                      the event loop's worst lateness over the last 1-2 s (LoopLag)
 
 The shed, refused, decision-time, cost, share, instance and queue figures are read from the controller
 and its `Accounting` at scrape time (`ControllerCollector`): no hook on the hot path, and the cost is the
@@ -29,12 +30,13 @@ tenant's own names, beside a `tenant` label (`gateway.tenants`: the controller h
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from bisect import bisect_left
 from typing import TYPE_CHECKING, Iterable, NamedTuple
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.samples import Sample
@@ -178,6 +180,44 @@ class ControllerCollector:
         return fams
 
 
+LAG_PROBE_NS = 100 * 1_000_000  # the probe's sleep: 10 wake-ups a second cost nothing measurable (bench gateway)
+LAG_WINDOW_NS = 1_000_000_000  # the reported figure is the worst lateness over the current and previous window
+
+
+class LoopLag:
+    """How late the gateway's event loop runs: a task sleeps `LAG_PROBE_NS` again and again and records by how
+    much each wake-up overshoots. A loop kept busy by handlers, a policy pass or a slow store wakes it late.
+
+    Who calls it: the gateway's app context (`run`, a task for the app's life), `/healthz` and `/metrics`
+    (`recent_s`). It changes only itself.
+    NOTE: the worst of the current and the previous window, not a mean: an overloaded gateway shows as a few
+    long stalls, which a mean over 10 probes hides; two windows so a read just after a window rolls over
+    still covers a whole one."""
+
+    def __init__(self) -> None:
+        self._cur_ns = 0
+        self._prev_ns = 0
+        self._window_end_ns = 0
+
+    def recent_s(self) -> float:
+        """The worst wake-up lateness (s) over the last one to two seconds."""
+        return max(self._cur_ns, self._prev_ns) / 1e9
+
+    async def run(self) -> None:
+        """Probe until cancelled."""
+        from gpufaas.platform.clock import perf_ns
+
+        self._window_end_ns = perf_ns() + LAG_WINDOW_NS
+        while True:
+            due_ns = perf_ns() + LAG_PROBE_NS
+            await asyncio.sleep(LAG_PROBE_NS / 1e9)
+            now_ns = perf_ns()
+            if now_ns >= self._window_end_ns:
+                self._prev_ns, self._cur_ns = self._cur_ns, 0
+                self._window_end_ns = now_ns + LAG_WINDOW_NS
+            self._cur_ns = max(self._cur_ns, now_ns - due_ns)
+
+
 class Metrics:
     """The gateway's metrics (the module docstring lists them): the invocation figures the gateway reports
     on its hot path, cold starts from the controller's hook, and the controller's state read at scrape
@@ -198,6 +238,9 @@ class Metrics:
                                    ["tenant", "function"], registry=r)
         self._ctl = ControllerCollector()
         r.register(self._ctl)
+        self.loop_lag = LoopLag()
+        Gauge("gpufaas_event_loop_lag_seconds", "The event loop's worst wake-up lateness over the last 1-2 s",
+              registry=r).set_function(self.loop_lag.recent_s)
 
     def watch(self, ctl: Controller) -> None:
         """Read `ctl` at every scrape from now on. Called by the gateway once it has built its controller."""

@@ -24,6 +24,7 @@ from gpufaas.gateway.metrics import Metrics
 from gpufaas.gateway.store import Store, StoreUnavailable
 from gpufaas.gateway.tenants import (DEFAULT_TENANT, Admission, Limits, QuotaExceeded, Tenant, TenantExists, check_tenant_name, key_hash,
                                      new_key, qualify, short, tenant_of)
+from gpufaas.platform.admission import QueueBounds, cluster_units, queue_floor
 from gpufaas.platform.residency.registry import make_residency
 from gpufaas.platform.bundle import BundleChecker
 from gpufaas.platform.backends.interface import LiveBackend
@@ -45,75 +46,6 @@ def resolve_policy_name(name: str | None) -> str:
     if name:
         return name
     return names.ESG if names.ESG in builtin_registry() else names.BATCH1_WHOLEGPU
-
-
-DRAIN_WINDOW_NS = NS_PER_S  # the drain rate is measured over this much busy time (EWMA across windows)
-
-
-class QueueBounds:
-    """Per-workflow admission bound: the invocations in flight may not exceed what the workflow can serve
-    within its SLO at its observed drain rate, `max(floor, drain_rps * slo_s)`, where the floor is what the
-    cluster could be executing of it at once (`Platform.queue_floor`).
-
-    Who calls it: `Platform._admit` (`check` then `add`) and `Platform.record` (`done`). Times are the
-    gateway clock's nanoseconds.
-    NOTE: Little's law: with `n` in flight and a drain of `r` per second, a new arrival waits about `n / r`;
-    past `r * slo_s` it cannot meet its SLO, so it is refused at once (429, Retry-After = the time the
-    excess needs to drain) instead of queueing for a timeout. Only completed invocations count as drained:
-    shed or failed ones free a slot but say nothing of capacity. The rate is completions per *busy* second
-    (time with at least one invocation in flight): idle time says nothing of capacity either, and counting it
-    made a workflow that had been idle look slow and refuse its next burst. The scheduler's own shedding is
-    the inner layer; this is the outer one."""
-
-    def __init__(self) -> None:
-        self.inflight: dict[str, int] = {}
-        self._rate: dict[str, float] = {}  # workflow -> completions per busy second (EWMA over windows)
-        self._window: dict[str, list[int]] = {}  # workflow -> [completions, busy ns, last update ns]
-
-    def _tick(self, wf: str, now_ns: int) -> list[int]:
-        """Bring `wf`'s window up to `now_ns` (busy time accrues only while something is in flight)."""
-        w = self._window.get(wf)
-        if w is None:
-            w = self._window[wf] = [0, 0, now_ns]
-        if self.inflight.get(wf, 0) > 0:
-            w[1] += now_ns - w[2]
-        w[2] = now_ns
-        if w[1] >= DRAIN_WINDOW_NS:
-            r = w[0] * NS_PER_S / w[1]
-            old = self._rate.get(wf)
-            self._rate[wf] = r if old is None else 0.5 * old + 0.5 * r
-            w[0] = w[1] = 0
-        return w
-
-    def rate(self, wf: str, now_ns: int) -> float:
-        """The workflow's drain rate, completions per busy second (0 until one window of busy time has passed)."""
-        self._tick(wf, now_ns)
-        return self._rate.get(wf, 0.0)
-
-    def check(self, wf: str, slo_ms: float, now_ns: int, floor: int) -> None:
-        """Raise QuotaExceeded (429) when `wf` holds as many invocations as it can serve within `slo_ms`, and at
-        least `floor`."""
-        n = self.inflight.get(wf, 0)
-        if n < floor:
-            return
-        rate = self.rate(wf, now_ns)
-        bound = max(floor, int(rate * slo_ms / 1e3))
-        if n >= bound:
-            retry_s = (n - bound + 1) / rate if rate > 0 else slo_ms / 1e3
-            raise QuotaExceeded("queue", f"workflow {short(wf)!r} is full: {n} invocations in flight, as many as it serves within its "
-                                         f"SLO of {slo_ms:g} ms at its drain rate of {rate:.1f}/s; retry later", retry_s)
-
-    def add(self, wf: str, now_ns: int) -> None:
-        """One invocation of `wf` admitted."""
-        self._tick(wf, now_ns)
-        self.inflight[wf] = self.inflight.get(wf, 0) + 1
-
-    def done(self, wf: str, completed: bool, now_ns: int) -> None:
-        """One invocation of `wf` ended (`completed`: it counts toward the drain rate)."""
-        w = self._tick(wf, now_ns)
-        self.inflight[wf] = self.inflight.get(wf, 1) - 1
-        if completed:
-            w[0] += 1
 
 
 class Platform:
@@ -177,7 +109,7 @@ class Platform:
         self.ctl = Controller(cluster, profiles, policy, self.backend, self.clock, keep_alive_s=cfg.keep_alive_s, live=True,
                               residency=make_residency(cfg.residency))
         self._started = True
-        self._units_total = sum(g.share_units for g in self.ctl.gpus)  # the cluster is fixed for the gateway's life
+        self._units_total = cluster_units(self.ctl.gpus)  # the cluster is fixed for the gateway's life
         self._push_shares()
         self.ctl.on_instance_event = self.metrics.instance_event
         self.metrics.watch(self.ctl)
@@ -458,16 +390,15 @@ class Platform:
         if t is None:  # removed while the request was in flight
             raise UserError(f"tenant {wf.tenant!r} no longer exists")
         now = self.clock.now_ns()
-        self.queues.check(wf.name, slo_ms or wf.spec.slo_ms, now, self.queue_floor(wf))
+        full = self.queues.check(wf.name, slo_ms or wf.spec.slo_ms, now, self.queue_floor(wf))
+        if full is not None:
+            raise QuotaExceeded("queue", full.message(short(wf.name)), full.retry_after_s)
         self.admission.admit(t, now, self.ctl.acct.latency_ms.mean / 1e3)
         self.queues.add(wf.name, now)
 
     def queue_floor(self, wf: WorkflowRt) -> int:
-        """The invocations of `wf` the cluster could be executing at once: every share unit of every GPU running a
-        full batch (the largest batch size) of the workflow's entry stages. Below it nothing can be said to queue
-        beyond capacity, so the queue bound never refuses there, whatever the drain rate (unknown at first)."""
-        batch = max((max(self.ctl.functions[wf.stages[e].function].batch_sizes, default=1) for e in wf.entries), default=1)
-        return self._units_total * batch
+        """The queue bound's floor for `wf` (`platform.admission.queue_floor`, shared with the simulator)."""
+        return queue_floor(self.ctl.functions, wf, self._units_total)
 
     def _unadmit(self, wf: WorkflowRt) -> None:
         """An admitted invocation that was never submitted (the controller or the store refused it)."""
@@ -587,7 +518,8 @@ class Platform:
 
     def health_doc(self) -> dict:
         """GET /healthz: nothing tenant-specific (it needs no key)."""
-        return {"status": "ok", "policy": self.policy_name, "backend": self.cfg.backend}
+        return {"status": "ok", "policy": self.policy_name, "backend": self.cfg.backend,
+                "loop_lag_ms": round(self.metrics.loop_lag.recent_s() * 1e3, 3)}
 
     def metrics_text(self) -> bytes:
         """GET /metrics: the Prometheus exposition of the gateway's metrics and the controller's state."""

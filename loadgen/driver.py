@@ -108,7 +108,7 @@ async def fetch_usage(session: aiohttp.ClientSession, gateway: str) -> dict | No
         return None
 
 
-def _classify(status: int, raw: bytes) -> tuple[str, bool, float | None]:
+def classify_answer(status: int, raw: bytes) -> tuple[str, bool, float | None]:
     """One gateway answer as (kind, slo_met, server latency ms): the invocation's status for a 200,
     else the error kind. Both HTTP clients of the driver call it."""
     if status != 200:
@@ -177,7 +177,7 @@ class Driver:
             async with session.post(self._urls[target], data=self._bodies[target], headers=_JSON_HEADERS) as resp:
                 raw = await resp.read()
                 status = resp.status
-            kind, slo_met, server_ms = _classify(status, raw)
+            kind, slo_met, server_ms = classify_answer(status, raw)
         except asyncio.CancelledError:  # still running when the drain ended: reported, never dropped
             kind = "unfinished"
         except asyncio.TimeoutError:
@@ -202,7 +202,7 @@ class Driver:
         try:
             async with asyncio.timeout(self.timeout_s):
                 status, raw = await self._pool.request(self._raw[target])  # type: ignore[union-attr]
-            kind, slo_met, server_ms = _classify(status, raw)
+            kind, slo_met, server_ms = classify_answer(status, raw)
         except asyncio.CancelledError:  # still running when the drain ended: reported, never dropped
             kind = "unfinished"
         except TimeoutError:

@@ -12,19 +12,37 @@ What is compared, and why so (each a source of difference that is not the platfo
   run by each record's scheduled time, not by when it happened to be sent);
 - SLO hit = invocations that finished by their deadline / invocations in the window, failures, rejections
   and timeouts counted as misses on both sides;
+- admission: the simulated run applies the gateway's workflow queue bound (`platform.admission.QueueBounds`,
+  the one implementation both sides run; `run_scenario(queue_bounds=True)`), so an invocation that the live
+  gateway refuses at the door (HTTP 429) has its simulated counterpart: on both sides it is not completed,
+  misses its SLO and is left out of the latency quantiles; each side's refusals are reported (`refused`);
 - latency = the gateway's own figure (`latency_ms` of each answer: arrival at the controller to the
   workflow's end), the quantity the simulator models; the client-side figure (from the scheduled send
   time, so it adds the driver's lateness and the HTTP path) is reported beside it;
 - quantiles of the exact per-invocation latencies on both sides, one definition
   (`platform.stats.quantiles`), instead of the simulator's log-bucketed histogram (1 % relative error).
 
-What remains is the platform's own: event-loop timer lateness (every profiled wait is a loop timer, which
-epoll and libuv round up to the next whole millisecond, plus wake-up and whatever else holds the core), the
-policy's CPU time, the backend's dispatch path (the process backend: a msgpack round trip over a Unix
-socket per batch), and the decisions that these shifts change (batch fill, placement). `diagnostics`
-reports the figures that explain it: the loop's lateness (the driver's send lag: timers on the same loop),
-the gateway's decision time, the HTTP path, and an estimate of the shift each workflow's p50 gets from
-timer rounding alone (`rounding_ms`: stages x 2 waits x the mean rounding of 0.5 ms).
+What remains is the platform's own, and each part is either removed from the live path or measured there
+and given to the simulator's model:
+- lost policy ticks: a live pass takes real time, and a wake that fell due during it used to be refused,
+  leaving the live policy without ticks (and its rate estimates frozen) until another event; it now runs
+  the next pass at once (`Controller._pass`), as the simulator's zero-time passes always did;
+- timer lateness: the controller's waits (inter-stage transfers, batch windows) are `LoopClock` timers,
+  which now fire within tens of microseconds (a timerfd; the loop's own timers rounded each up to the next
+  whole millisecond);
+- the process backend's dispatch path (msgpack framing, the Unix socket both ways, the worker's wake-up
+  and hold overshoot, the loop's hops): the live run measures it on every batch (`ProcessBackend.costs`),
+  and the simulated run gives each batch the extra time that its function's live batches took at that
+  point of the run (`MeasuredSimBackend`), instead of none;
+- cold starts: an emulated worker is a real process, ready in under a second, not the profile's container +
+  runtime + model load of seconds (which the policy still plans with, live and simulated alike); the
+  simulated run's instances take the live run's measured ones instead (by function, in time order).
+The simulated run therefore follows the live one (`--sim-model measured`, the default; `--sim-model
+profile` simulates with the shipped model alone). The policy's CPU time and the decisions that these shifts
+change (batch fill, placement) are left to the comparison. `diagnostics` reports the loop's lateness (the
+driver's send lag: timers on the same loop), the gateway's decision time, the HTTP path, the measured
+costs (`sim_model`) and the share of each instance that each side's policy started (`instances_started`:
+where they part, the pools that meet the next burst differ, and with them that workflow's tail).
 
 Who calls it: `gpufaas fidelity` (gateway/cli/fidelity_cmd.py) and the tests. What it changes: a temporary
 data folder for the gateway (removed afterwards) and the instances it starts (stopped at the end).
@@ -33,6 +51,7 @@ data folder for the gateway (removed afterwards) and the instances it starts (st
 from __future__ import annotations
 
 import asyncio
+import bisect
 import secrets
 import tempfile
 from dataclasses import dataclass
@@ -43,32 +62,38 @@ import numpy as np
 
 from gpufaas.loadgen.driver import COMPLETED, LiveRun
 from gpufaas.loadgen.scenario import Scenario
-from gpufaas.platform.clock import NS_PER_MS, NS_PER_S
+from gpufaas.platform.backends.process import Costs
+from gpufaas.platform.backends.sim import SimBackend
+from gpufaas.platform.clock import NS_PER_MS, NS_PER_S, Clock, VirtualClock
 from gpufaas.platform.errors import UserError
-from gpufaas.platform.runtime import Invocation, InvocationStatus
+from gpufaas.platform.runtime import Batch, Instance, Invocation, InvocationStatus
 from gpufaas.platform.stats import quantiles
 
 # The issue's targets for a faithful simulator, per workflow
 MAX_HIT_DIFF = 0.03   # |hit_sim - hit_live|
 MAX_P50_REL = 0.15    # |p50_live - p50_sim| / p50_sim
 MAX_P99_REL = 0.30    # |p99_live - p99_sim| / p99_sim
-MEAN_ROUNDING_MS = 0.5  # a timer rounded up to the next whole ms is late by 0.5 ms on average
 BACKENDS = ("inproc", "process")
+SIM_MODELS = ("measured", "profile")
+DRIVER_HEAD_START_NS = 20 * NS_PER_MS  # loadgen.driver: the schedule's time 0 is 20 ms after run() starts
+REFUSED_KIND_PREFIX = "http_429_"  # loadgen.driver's record kind of a 429 answer: refused at admission
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One invocation of the comparison window: its workflow, whether it met its SLO, and its latency (ms;
-    None when it did not complete)."""
+    """One invocation of the comparison window: its workflow, whether it met its SLO, its latency (ms; None
+    when it did not complete), and whether admission refused it at the door (live: an HTTP 429)."""
 
     workflow: str
     hit: bool
     latency_ms: float | None
+    refused: bool = False
 
 
 def side_stats(samples: Iterable[Sample]) -> dict[str, dict]:
     """Per workflow (sorted): invocations, SLO hit rate, p50 and p99 of the completed ones' latency (None when
-    none completed). Pure; both sides go through it, so they share one quantile definition."""
+    none completed), invocations refused at admission. Pure; both sides go through it, so they share one
+    quantile definition."""
     by: dict[str, list[Sample]] = {}
     for s in samples:
         by.setdefault(s.workflow, []).append(s)
@@ -77,7 +102,8 @@ def side_stats(samples: Iterable[Sample]) -> dict[str, dict]:
         ss = by[w]
         lat = np.fromiter((s.latency_ms for s in ss if s.latency_ms is not None), dtype=float)
         p50, p99 = (round(float(x), 3) for x in quantiles(lat, (0.5, 0.99))) if len(lat) else (None, None)
-        out[w] = {"invocations": len(ss), "slo_hit_rate": round(sum(s.hit for s in ss) / len(ss), 6), "p50_ms": p50, "p99_ms": p99}
+        out[w] = {"invocations": len(ss), "slo_hit_rate": round(sum(s.hit for s in ss) / len(ss), 6), "p50_ms": p50, "p99_ms": p99,
+                  "refused": sum(s.refused for s in ss)}
     return out
 
 
@@ -108,12 +134,134 @@ def compare(sim: dict[str, dict], live: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
+# ---------------------------------------------------------------- the live platform's measured costs
+
+
+@dataclass(frozen=True)
+class Series:
+    """Measured figures of one function in time order: `at_ns` (ns from the workload's start) and the
+    figure measured then, `value_ns`."""
+
+    at_ns: tuple[int, ...]
+    value_ns: tuple[int, ...]
+
+    @classmethod
+    def of(cls, points: list[tuple[int, int]]) -> "Series":
+        points = sorted(points)
+        return cls(tuple(t for t, _ in points), tuple(v for _, v in points))
+
+    def at(self, t_ns: int) -> int:
+        """The figure measured last at or before `t_ns` (the first one, before any)."""
+        return self.value_ns[max(bisect.bisect_right(self.at_ns, t_ns) - 1, 0)]
+
+
+@dataclass(frozen=True)
+class LiveCosts:
+    """What the live backend's own path cost in one run, as the simulated run replays it, per function in
+    time order: each batch's measured extra time beyond its profiled execution (`Costs.dispatch_ns`) and each
+    instance's measured cold start (Start -> ready); and the median cold start of all, for a function the
+    live run never started; `started`: (function, share units) of each instance the live policy started,
+    in order (not replayed: `diagnostics.instances_started` compares it with the simulated run's)."""
+
+    dispatch: dict[str, Series]
+    cold_start: dict[str, Series]
+    cold_start_median_ns: int | None
+    started: tuple[tuple[str, int], ...] = ()
+
+    @classmethod
+    def of(cls, costs: Costs, origin_ns: int) -> "LiveCosts":
+        """The figures of a process backend's `Costs`; `origin_ns`: the workload's start on the backend's clock.
+        NOTE: replayed by time, per function, not drawn by batch size: the live cost is set by what holds the
+        cores at the time (the gateway's loop, the workers, whatever else runs on the machine) far more than
+        by the batch's size, and it comes in spells that span many batches; a cold start likewise depends on
+        how many start at once. A (function, size) cell would often hold a handful of samples."""
+        batches: dict[str, list[tuple[int, int]]] = {}
+        for fn, _, start_ns, extra_ns in costs.dispatch_ns:
+            batches.setdefault(fn, []).append((start_ns - origin_ns, max(0, extra_ns)))  # never faster than the profile
+        starts: dict[str, list[tuple[int, int]]] = {}
+        for fn, start_ns, cold_ns in costs.cold_start_ns:
+            starts.setdefault(fn, []).append((start_ns - origin_ns, cold_ns))
+        colds = sorted(ns for _, _, ns in costs.cold_start_ns)
+        return cls({fn: Series.of(xs) for fn, xs in sorted(batches.items())},
+                   {fn: Series.of(xs) for fn, xs in sorted(starts.items())}, colds[len(colds) // 2] if colds else None,
+                   tuple(costs.started))
+
+    def extra_at(self, function: str, t_ns: int) -> int:
+        """The measured extra time of `function`'s live batch that started last at or before `t_ns` (0 for a
+        function never measured)."""
+        s = self.dispatch.get(function)
+        return 0 if s is None else s.at(t_ns)
+
+    def cold_start_at(self, function: str, t_ns: int) -> int | None:
+        """The measured cold start of `function`'s live instance that started last at or before `t_ns`; the
+        median of all for a function the live run never started; None when nothing was measured."""
+        s = self.cold_start.get(function)
+        return self.cold_start_median_ns if s is None else s.at(t_ns)
+
+    def summary(self) -> dict:
+        """The JSON of `diagnostics.sim_model`: per function the batches measured and their extra ms (p50,
+        p99, mean); the median cold start in ms and the instances measured."""
+        out: dict[str, dict] = {}
+        for fn, s in self.dispatch.items():
+            p50, p99 = quantiles(np.asarray(s.value_ns, dtype=float) / NS_PER_MS, (0.5, 0.99))
+            out[fn] = {"batches": len(s.value_ns), "p50": round(float(p50), 3), "p99": round(float(p99), 3),
+                       "mean": round(float(np.mean(s.value_ns)) / NS_PER_MS, 3)}
+        cold = None if self.cold_start_median_ns is None else round(self.cold_start_median_ns / NS_PER_MS, 1)
+        return {"dispatch_ms": out, "cold_start_ms": cold, "cold_starts": sum(len(s.at_ns) for s in self.cold_start.values())}
+
+
+class RecordingSimBackend(SimBackend):
+    """The sim backend (the shipped model, unchanged) that also records each instance the policy starts,
+    as (function, share units) in order, in `started` (`diagnostics.instances_started`).
+    Who builds it: `run_sim` (through `run_scenario(sim_backend=...)`)."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock)
+        self.started: list[tuple[str, int]] = []
+
+    def start(self, inst: Instance) -> None:
+        self.started.append((inst.function.name, inst.share_units))
+        super().start(inst)
+
+
+class MeasuredSimBackend(RecordingSimBackend):
+    """The sim backend with the live platform's measured costs (`LiveCosts`): an instance is ready after the
+    cold start that its function's live instances took at that point of the run (the policy still plans with
+    the profile's, as it does live), and a batch takes its profiled latency plus the extra time that its
+    function's live batches took then.
+    Deterministic for given costs. Who builds it: `run_sim` (through `run_scenario(sim_backend=...)`)."""
+
+    # NOTE: a subclass in the one module that uses it, not options of SimBackend: the simulator's hot path
+    # (SimBackend.submit, once per batch) keeps no branch for a model that only fidelity runs; the shipped
+    # model, and so every golden file, is unchanged. It reuses SimBackend's timer bodies (_ready, _done).
+    def __init__(self, clock: Clock, costs: LiveCosts) -> None:
+        super().__init__(clock)
+        self.costs = costs
+
+    def start(self, inst: Instance) -> None:
+        self.started.append((inst.function.name, inst.share_units))
+        now = self.clock.now_ns()
+        cold_ns = self.costs.cold_start_at(inst.function.name, now)
+        if cold_ns is None:
+            SimBackend.start(self, inst)
+            return
+        self._live.add(inst.id)
+        self.clock.call_at_fast(now + cold_ns, self._ready, inst)
+
+    def submit(self, inst: Instance, batch: Batch) -> None:
+        extra_ns = self.costs.extra_at(inst.function.name, batch.start_ns)
+        self.clock.call_at_fast(batch.start_ns + inst.batch_latency_ns(len(batch.jobs)) + extra_ns, self._done, inst, batch)
+
+
 # ---------------------------------------------------------------- the two sides
 
 
-def run_sim(sc: Scenario, policy: str, load: float, seed: int) -> tuple[dict, list[Sample]]:
+def run_sim(sc: Scenario, policy: str, load: float, seed: int, costs: LiveCosts | None = None,
+            started: list[tuple[str, int]] | None = None) -> tuple[dict, list[Sample]]:
     """The simulator's report and the samples of its comparison window (invocations that arrived after the
-    warm-up), from each invocation as it ended."""
+    warm-up), from each invocation as it ended or was refused by the gateway's queue bound (applied here as
+    live); with `costs`, on `MeasuredSimBackend` (else the shipped model, `RecordingSimBackend`). `started`,
+    when given, gets (function, share units) of each instance the simulated policy started, in order."""
     from gpufaas.loadgen.simdriver import run_scenario
 
     warmup_end_ns = int(sc.effective_warmup_s() * NS_PER_S)
@@ -125,13 +273,28 @@ def run_sim(sc: Scenario, policy: str, load: float, seed: int) -> tuple[dict, li
             samples.append(Sample(inv.workflow.name, done and inv.finish_ns <= inv.deadline_ns,
                                   (inv.finish_ns - inv.arrival_ns) / NS_PER_MS if done else None))
 
-    report = run_scenario(sc, policy, seed=seed, load=load, on_end=ended)
+    def refused(inv: Invocation, limit: str) -> None:
+        if inv.arrival_ns >= warmup_end_ns:
+            samples.append(Sample(inv.workflow.name, False, None, refused=True))
+
+    backends: list[RecordingSimBackend] = []
+
+    def backend(clock: VirtualClock) -> SimBackend:
+        b = RecordingSimBackend(clock) if costs is None else MeasuredSimBackend(clock, costs)
+        backends.append(b)
+        return b
+
+    report = run_scenario(sc, policy, seed=seed, load=load, on_end=ended, queue_bounds=True, on_refused=refused,
+                          sim_backend=backend)
+    if started is not None:
+        started.extend(x for b in backends for x in b.started)
     return report, samples
 
 
 def live_samples(run: LiveRun, warmup_s: float, client_side: bool = False) -> list[Sample]:
     """The live run's comparison window: records scheduled after the warm-up. Latency: the gateway's
-    (`server_ms`), or with `client_side` the client's from the scheduled send time."""
+    (`server_ms`), or with `client_side` the client's from the scheduled send time. A 429 answer
+    (`http_429_*`: the gateway's admission refused it) is a refused sample."""
     out = []
     for r in run.records:
         if r.sched_ns < warmup_s * NS_PER_S:
@@ -139,7 +302,7 @@ def live_samples(run: LiveRun, warmup_s: float, client_side: bool = False) -> li
         lat = None
         if r.kind == COMPLETED:
             lat = r.latency_ns / NS_PER_MS if client_side else r.server_ms
-        out.append(Sample(run.workflows[r.target], bool(r.slo_met), lat))
+        out.append(Sample(run.workflows[r.target], bool(r.slo_met), lat, r.kind.startswith(REFUSED_KIND_PREFIX)))
     return out
 
 
@@ -162,17 +325,20 @@ def stack_file(scenario_path: Path, folder: Path) -> Path:
 
 
 async def run_live(sc: Scenario, scenario_path: Path, policy: str, load: float, seed: int, backend: str,
-                   folder: Path, timeout_s: float = 30.0) -> LiveRun:
+                   folder: Path, timeout_s: float = 30.0) -> tuple[LiveRun, LiveCosts | None]:
     """Serve the scenario on a gateway in this process (real port, emulated execution, `backend`), deploy
-    its stack over HTTP, replay its workload with the driver and return the run. The gateway is stopped
-    (its instances with it) before this returns."""
+    its stack over HTTP, replay its workload with the driver and return the run, with the backend's
+    measured costs (process backend; None for inproc, whose costs are the profile's). The gateway is
+    stopped (its instances with it) before this returns."""
     import yaml
     from aiohttp import web
 
     from gpufaas.gateway.app import create_app
     from gpufaas.gateway.client import Client, deploy_stack, load_stack
     from gpufaas.gateway.config import GatewayConfig
+    from gpufaas.gateway.http_io import PLATFORM
     from gpufaas.loadgen.driver import Driver
+    from gpufaas.platform.backends.process import ProcessBackend
 
     cluster = folder / "cluster.yaml"
     cluster.write_text(yaml.safe_dump(sc.cluster.model_dump(mode="json")))
@@ -181,7 +347,8 @@ async def run_live(sc: Scenario, scenario_path: Path, policy: str, load: float, 
                         policy_params=sc.params.get(policy, {}), cluster_file=cluster, keep_alive_s=sc.keep_alive_s,
                         invocation_timeout_s=timeout_s, admin_key=key)
     profiles = (Path(sc.profiles),) if sc.profiles else ()
-    runner = web.AppRunner(create_app(cfg, profiles_dirs=profiles), handle_signals=False)
+    app = create_app(cfg, profiles_dirs=profiles)
+    runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     try:
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -192,7 +359,13 @@ async def run_live(sc: Scenario, scenario_path: Path, policy: str, load: float, 
         await asyncio.get_running_loop().run_in_executor(None, lambda: deploy_stack(Client(url, api_key=key), items))
         driver = Driver(url, sc.workload, seed=seed, duration_s=sc.duration_s, load=load, timeout_s=timeout_s,
                         source=str(scenario_path), api_key=key)
-        return await driver.run()
+        plat = app[PLATFORM]
+        # NOTE: the driver starts its schedule a fixed head start after it is called, plus its preflight (a few
+        # ms); aligning the measured costs with the simulated run to within that is far finer than their spells.
+        origin_ns = plat.clock.now_ns() + DRIVER_HEAD_START_NS
+        run = await driver.run()
+        live_backend = plat.backend
+        return run, (LiveCosts.of(live_backend.costs, origin_ns) if isinstance(live_backend, ProcessBackend) else None)
     finally:
         await runner.cleanup()
 
@@ -204,18 +377,28 @@ def _pct(xs: list[float]) -> dict | None:
     return {"p50": round(float(p50), 3), "p99": round(float(p99), 3), "max": round(float(max(xs)), 3)}
 
 
-def diagnostics(sc: Scenario, run: LiveRun, warmup_s: float) -> dict:
-    """What explains live minus sim, measured in the live run: the event loop's timer lateness (the
-    driver's send lag: its sends are timers on the gateway's loop), the gateway's decision time per pass,
-    the HTTP path (client minus gateway latency per completed invocation), and per workflow the p50 shift
-    that timer rounding alone predicts (stages x 2 waits x 0.5 ms)."""
+def pools(sim: Iterable[tuple[str, int]], live: Iterable[tuple[str, int]] | None) -> dict[str, dict]:
+    """`diagnostics.instances_started`: per function (sorted), the share units of each instance that the
+    policy started on each side, in start order (whole run, warm-up included; `live` None: not measured,
+    the inproc backend). Both sides run the same policy on the same arrivals, so a difference here means
+    its decisions parted (different timings seen, e.g. a rate estimate), and a pool of another size meets
+    the next burst: the usual cause of a tail that differs while the per-batch costs agree. Pure."""
+    out: dict[str, dict] = {}
+    for side, xs in (("sim", sim), ("live", live or ())):
+        for fn, units in xs:
+            out.setdefault(fn, {"sim": [], "live": [] if live is not None else None})[side].append(units)
+    return {fn: out[fn] for fn in sorted(out)}
+
+
+def diagnostics(run: LiveRun, warmup_s: float) -> dict:
+    """What explains live minus sim, measured in the live run: the event loop's lateness (the driver's
+    send lag: its sends are timers on the gateway's loop), the gateway's decision time per pass, the HTTP
+    path (client minus gateway latency per completed invocation) and the live errors."""
     window = [r for r in run.records if r.sched_ns >= warmup_s * NS_PER_S]
     http = [r.latency_ns / NS_PER_MS - r.server_ms for r in window if r.kind == COMPLETED and r.server_ms is not None]
-    stages = {w.name: len(w.stages) for w in sc.workflows}
     return {"loop_lateness_ms": _pct([r.lag_ns / NS_PER_MS for r in window]),
             "decision_us": (run.usage_after or {}).get("decision_us"),
             "http_path_ms": _pct(http),
-            "rounding_ms": {w: 2 * n * MEAN_ROUNDING_MS for w, n in sorted(stages.items())},
             "live_errors": {k: sum(1 for r in window if r.kind == k) for k in sorted({r.kind for r in window} - {COMPLETED})}}
 
 
@@ -229,32 +412,43 @@ def check_scenario(sc: Scenario) -> None:
 
 
 def run_fidelity(scenario_path: str | Path, *, duration_s: float, policy: str = "esg", load: float = 1.0,
-                 seed: int | None = None, backend: str = "process") -> dict:
-    """Run the scenario live and simulated (module docstring) and return the JSON of `gpufaas fidelity
-    --json`: `per_workflow` (`compare`), the client-side live figures, `diagnostics`, and `meta`."""
+                 seed: int | None = None, backend: str = "process", sim_model: str = "measured") -> dict:
+    """Run the scenario live, then simulated (module docstring; `sim_model` "measured": with the live
+    run's measured costs, "profile": the shipped model alone) and return the JSON of `gpufaas fidelity
+    --json`: `per_workflow` (`compare`), the client-side live figures, `diagnostics` and `meta`."""
     from gpufaas.loadgen.results import effective_params, file_sha256, run_meta
     from gpufaas.loadgen.scenario import load_scenario
 
     if backend not in BACKENDS:
         raise UserError(f"--backend: {backend!r} is not one of {', '.join(BACKENDS)}")
+    if sim_model not in SIM_MODELS:
+        raise UserError(f"--sim-model: {sim_model!r} is not one of {', '.join(SIM_MODELS)}")
     path = Path(scenario_path)
     sc = load_scenario(path)
     check_scenario(sc)
     sc = sc.model_copy(update={"duration_s": duration_s})
     warmup_s = sc.effective_warmup_s()  # SpecError when the scenario's warm-up is not shorter than --duration
     seed = sc.seed if seed is None else seed
-    report, sim_samples = run_sim(sc, policy, load, seed)
     with tempfile.TemporaryDirectory(prefix="gpufaas-fidelity-") as tmp:
-        run = asyncio.run(run_live(sc, path, policy, load, seed, backend, Path(tmp)))
-    per = compare(side_stats(sim_samples), side_stats(live_samples(run, warmup_s)))
+        run, costs = asyncio.run(run_live(sc, path, policy, load, seed, backend, Path(tmp)))
+    sim_started: list[tuple[str, int]] = []
+    report, sim_samples = run_sim(sc, policy, load, seed, costs if sim_model == "measured" else None, sim_started)
+    live = live_samples(run, warmup_s)
+    per = compare(side_stats(sim_samples), side_stats(live))
     client = side_stats(live_samples(run, warmup_s, client_side=True))
     for w, d in per.items():
         if d["live"] is not None and w in client:
             d["live"]["client_p50_ms"] = client[w]["p50_ms"]
             d["live"]["client_p99_ms"] = client[w]["p99_ms"]
-    return {"scenario": sc.name, "policy": policy, "backend": backend, "load": load, "seed": seed,
+    dg = diagnostics(run, warmup_s)
+    dg["sim_model"] = costs.summary() if costs is not None and sim_model == "measured" else None
+    dg["instances_started"] = pools(sim_started, costs.started if costs is not None else None)
+    # refused at admission in the comparison window (per workflow: `per_workflow.*.{sim,live}.refused`)
+    dg["refused"] = {"sim": sum(s.refused for s in sim_samples), "live": sum(s.refused for s in live),
+                     "sim_by_limit": report["admission_rejected"]}
+    return {"scenario": sc.name, "policy": policy, "backend": backend, "sim_model": sim_model, "load": load, "seed": seed,
             "duration_s": duration_s, "warmup_s": warmup_s, "per_workflow": per,
             "within_targets": all(d["within_targets"] for d in per.values()),
-            "diagnostics": diagnostics(sc, run, warmup_s),
+            "diagnostics": dg,
             "sim_decision_us": report["decision_us"],
             "meta": run_meta(file_sha256(path), seed, effective_params(sc, [policy]))}

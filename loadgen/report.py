@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 CSV_COLUMNS = ["scenario", "policy", "load", "seed", "invocations", "completed", "rejected", "failed", "timed_out",
                "slo_hit_rate", "allocated_usd", "busy_usd", "gpu_seconds_allocated", "gpu_seconds_busy",
-               "p50_ms", "p95_ms", "p99_ms", "cold_starts", "mean_batch", "decision_p99_us", "sim_wall_s",
+               "p50_ms", "p95_ms", "p99_ms", "cold_starts", "cold_requests", "mean_batch", "decision_p99_us", "sim_wall_s",
                "residency", "evictions", "prewarms_used", "prewarms_wasted", "gpu_memory_gb_seconds"]
 
 
@@ -28,7 +28,7 @@ def csv_row(scenario: str, r: dict) -> dict:
         "allocated_usd": r["cost"]["allocated_usd"], "busy_usd": r["cost"]["busy_usd"],
         "gpu_seconds_allocated": r["cost"]["gpu_seconds_allocated"], "gpu_seconds_busy": r["cost"]["gpu_seconds_busy"],
         "p50_ms": r["latency_ms"]["p50"], "p95_ms": r["latency_ms"]["p95"], "p99_ms": r["latency_ms"]["p99"],
-        "cold_starts": r["cold_starts"], "mean_batch": r["mean_batch"], "decision_p99_us": r["decision_us"]["p99"],
+        "cold_starts": r["cold_starts"], "cold_requests": r["cold_requests"], "mean_batch": r["mean_batch"], "decision_p99_us": r["decision_us"]["p99"],
         "sim_wall_s": r["sim_wall_s"], "residency": r["residency"], "evictions": r["evictions"],
         "prewarms_used": r["prewarms"]["used"], "prewarms_wasted": r["prewarms"]["wasted"],
         "gpu_memory_gb_seconds": r["gpu_memory_gb_seconds"],
@@ -157,10 +157,11 @@ def write_html(path: str | Path, title: str, results: list[dict], summary: list[
                  pm(s["p99_ms"], ".1f"), pm(s["allocated_usd"], ".3f"), pm(s["busy_usd"], ".3f"), pm(s["cold_starts"], ".0f"),
                  pm(s["invocations"], ".0f")] for s in summary]
     else:
-        head = ["policy", "load", "seed", "SLO hit", "p50 ms", "p99 ms", "allocated $", "busy $", "cold starts", "invocations"]
+        head = ["policy", "load", "seed", "SLO hit", "p50 ms", "p99 ms", "allocated $", "busy $", "cold starts", "cold requests",
+                "invocations"]
         rows = [[r["policy"], f"{r['load']:g}", str(r["seed"]), f"{r['slo_hit_rate']:.3f}", f"{r['latency_ms']['p50']:.1f}",
                  f"{r['latency_ms']['p99']:.1f}", f"{r['cost']['allocated_usd']:.3f}", f"{r['cost']['busy_usd']:.3f}",
-                 str(r["cold_starts"]), str(r["invocations"])] for r in results]
+                 str(r["cold_starts"]), str(r["cold_requests"]), str(r["invocations"])] for r in results]
     table = ("<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr></thead><tbody>" +
              "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows) + "</tbody></table>")
     meta_rows = "".join(f"<tr><th>{e(k)}</th><td><code>{e(json.dumps(v, sort_keys=True))}</code></td></tr>" for k, v in meta.items())

@@ -9,6 +9,10 @@ folders the caller adds, such as `gpufaas sim --profiles`) before the shipped on
 Tenants: the controller gets the scenario's weights and share caps (`Controller.set_tenants`); a tenant's
 `max_concurrency` and `rate_rps` are applied at arrival by the gateway's own admission code
 (`gateway.tenants.Admission`), and an invocation refused there counts as rejected with the limit it hit.
+With `queue_bounds`, arrivals also go through the gateway's workflow queue bound (`platform.admission.
+QueueBounds`, the one implementation both use; checked before the tenant's limits, as `Platform._admit`
+does); an invocation refused there counts as rejected with the limit "queue". Off by default: `gpufaas sim`
+and its golden files model no admission beyond the tenants' limits.
 `tenants`/`classes` keep only those tenants' streams, or only those classes' (`gpufaas sim --tenants
 --classes`), each stream with the arrivals it has in the whole run.
 
@@ -23,13 +27,14 @@ from typing import Any, Callable, Iterable
 from gpufaas.gateway.tenants import Admission, QuotaExceeded, Tenant
 from gpufaas.loadgen.scenario import Scenario, add_variant_profiles, target_filter, tenant_shares
 from gpufaas.loadgen.workload import arrivals
+from gpufaas.platform.admission import QueueBounds, cluster_units, queue_floor
 from gpufaas.platform.backends.sim import SimBackend
 from gpufaas.platform.clock import NS_PER_MS, NS_PER_S, VirtualClock, perf_ns
 from gpufaas.platform.controller import Controller
 from gpufaas.platform.policy.registry import builtin_registry
 from gpufaas.platform.profiles import Profiles
 from gpufaas.platform.residency.registry import make_residency
-from gpufaas.platform.runtime import Invocation
+from gpufaas.platform.runtime import Invocation, InvocationStatus
 
 
 def build_policy(scenario: Scenario, name: str, load: float = 1.0, keep: frozenset[int] | None = None, **overrides: Any):
@@ -54,10 +59,11 @@ def scenario_profiles(scenario: Scenario, extra_dirs: Iterable[str | Path] = ())
 
 
 def build_controller(scenario: Scenario, policy: Any, clock: VirtualClock, profiles: Profiles | None = None,
-                     check_purity: bool = False, residency: str | None = None) -> Controller:
-    """A controller on the sim backend with the scenario's functions and workflows deployed; `profiles`
-    defaults to `scenario_profiles(scenario)`, `residency` to the scenario's."""
-    ctl = Controller(scenario.cluster, profiles or scenario_profiles(scenario), policy, SimBackend(clock), clock,
+                     check_purity: bool = False, residency: str | None = None,
+                     sim_backend: Callable[[VirtualClock], SimBackend] = SimBackend) -> Controller:
+    """A controller on the sim backend (`sim_backend(clock)`) with the scenario's functions and workflows
+    deployed; `profiles` defaults to `scenario_profiles(scenario)`, `residency` to the scenario's."""
+    ctl = Controller(scenario.cluster, profiles or scenario_profiles(scenario), policy, sim_backend(clock), clock,
                      keep_alive_s=scenario.keep_alive_s, check_purity=check_purity,
                      residency=make_residency(residency or scenario.residency))
     for f in scenario.functions:
@@ -73,20 +79,24 @@ def run_scenario(scenario: Scenario, policy_name: str, *, seed: int | None = Non
                  check_purity: bool = False, check_invariants: bool = False, policy_params: dict | None = None,
                  on_event: Any = None, profiles: Profiles | None = None, tenants: tuple[str, ...] = (),
                  classes: tuple[str, ...] = (), on_end: Callable[[Invocation], None] | None = None,
-                 residency: str | None = None) -> dict:
+                 residency: str | None = None, sim_backend: Callable[[VirtualClock], SimBackend] = SimBackend,
+                 queue_bounds: bool = False, on_refused: Callable[[Invocation, str], None] | None = None) -> dict:
     """Simulate `scenario` under `policy_name` and `residency` (default: the scenario's); returns the report
     dict of `gpufaas sim --json`, which names its `residency`.
-    `on_end(invocation)` is called as each invocation ends (`gpufaas fidelity`'s per-workflow latencies).
+    `on_end(invocation)` is called as each submitted invocation ends, `on_refused(invocation, limit)` as one is
+    refused at arrival (`gpufaas fidelity`'s per-workflow figures). `queue_bounds` applies the gateway's
+    workflow queue bound at arrival (module doc).
     `profiles` defaults to `scenario_profiles(scenario)`. The report leaves out the warm-up
     (`Scenario.effective_warmup_s`; SpecError when it is not shorter than the duration). `tenants` and
-    `classes` keep only those tenants' or classes' streams (`target_filter`; UserError naming the flag)."""
+    `classes` keep only those tenants' or classes' streams (`target_filter`; UserError naming the flag).
+    `sim_backend` builds the backend (`gpufaas fidelity`: one with the live platform's measured costs)."""
     t0 = perf_ns()
     warmup_end_ns = int(scenario.effective_warmup_s() * NS_PER_S)
     keep = target_filter(scenario, tenants, classes)
     clock = VirtualClock()
     policy = build_policy(scenario, policy_name, load, keep, **(policy_params or {}))
     residency = residency or scenario.residency
-    ctl = build_controller(scenario, policy, clock, profiles, check_purity=check_purity, residency=residency)
+    ctl = build_controller(scenario, policy, clock, profiles, check_purity=check_purity, residency=residency, sim_backend=sim_backend)
     ctl.acct.warmup_end_ns = warmup_end_ns
     seed = scenario.seed if seed is None else seed
     targets = scenario.workload.targets()  # streams, then traces' workflows (loadgen.workload.arrivals)
@@ -99,32 +109,67 @@ def run_scenario(scenario: Scenario, policy_name: str, *, seed: int | None = Non
                if lim.max_concurrency is not None or lim.rate_rps is not None}
     gate = [limited.get(t.tenant) for t in targets]
     admission = Admission()
+    bounds = QueueBounds() if queue_bounds else None
+    if bounds is not None:  # the floor and SLO per stream: the cluster and the deployments are fixed for the run
+        units = cluster_units(ctl.gpus)
+        floors = [queue_floor(ctl.functions, ctl.workflows[n], units) for n in names]
+        bound_slos = [slo or ctl.workflows[n].spec.slo_ms for n, slo in zip(names, slos)]
 
-    def ended(inv: Any) -> None:
-        admission.release(inv.tenant)
+    def ended(inv: Invocation) -> None:
+        if inv.tenant in limited:
+            admission.release(inv.tenant)
+        if bounds is not None:
+            bounds.done(inv.workflow.name, inv.status == InvocationStatus.COMPLETED, clock.now_ns())
         if on_end is not None:
             on_end(inv)
 
-    def arrive(stream_index: int) -> None:
+    def refuse(stream_index: int, limit: str, reason: str) -> None:
+        inv = ctl.refuse_invocation(names[stream_index], limit, reason, slos[stream_index])
+        if on_refused is not None:
+            on_refused(inv, limit)
+
+    def admit(stream_index: int) -> bool:
+        """`Platform._admit`'s order: the workflow's queue bound, then the tenant's limits, then count it in."""
+        name = names[stream_index]
+        now = clock.now_ns()
+        if bounds is not None:
+            full = bounds.check(name, bound_slos[stream_index], now, floors[stream_index])
+            if full is not None:
+                refuse(stream_index, "queue", full.message(name))
+                return False
         tenant = gate[stream_index]
-        if tenant is None:
-            submit(names[stream_index], slo_ms=slos[stream_index], on_done=on_end)
-        else:
+        if tenant is not None:
             try:
-                admission.admit(tenant, clock.now_ns(), 0.0)
+                admission.admit(tenant, now, 0.0)
             except QuotaExceeded as e:
-                ctl.refuse_invocation(names[stream_index], e.limit, str(e), slos[stream_index])
-            else:
-                submit(names[stream_index], slo_ms=slos[stream_index], on_done=ended)
+                refuse(stream_index, e.limit, str(e))
+                return False
+        if bounds is not None:
+            bounds.add(name, now)
+        return True
+
+    def arrive(stream_index: int) -> None:
+        if admit(stream_index):
+            submit(names[stream_index], slo_ms=slos[stream_index], on_done=ended)
         if check_invariants:
             ctl.check_invariants()
         nxt = next(it, None)
         if nxt is not None:
-            clock.call_at_fast(nxt[0], arrive, nxt[1])
+            call_at(nxt[0], arrive, nxt[1])
 
+    # NOTE: the plain arrival (no admission gate, no invariant check), one event per simulated request: its
+    # own closure, so that it costs one call of `submit` and nothing else (the one-function SimFaaS workload)
+    def arrive_plain(stream_index: int) -> None:
+        submit(names[stream_index], slo_ms=slos[stream_index], on_done=on_end)
+        nxt = next(it, None)
+        if nxt is not None:
+            call_at(nxt[0], arrive_plain, nxt[1])
+
+    call_at = clock.call_at_fast
     first = next(it, None)
     if first is not None:
-        clock.call_at_fast(first[0], arrive, first[1])
+        gated = check_invariants or bounds is not None or any(g is not None for g in gate)
+        call_at(first[0], arrive if gated else arrive_plain, first[1])
     end_ns = int(scenario.duration_s * NS_PER_S)
     clock.run(until_ns=end_ns)
     # drain: advance in 100 ms steps until nothing is in flight or the drain time is up

@@ -59,11 +59,17 @@ class BundleError(UserError):
     missing entry point, or outputs that do not match the spec. The message names the file and cause."""
 
 
+def require_spec_file(d: Path) -> None:
+    """BundleError unless folder `d` holds function.yaml: the one wording of that error (deploy check, load,
+    the process backend's bundle copy)."""
+    if not (d / SPEC_FILE).is_file():
+        raise BundleError(f"{d}: no {SPEC_FILE}; a bundle folder holds {SPEC_FILE} and handler.py")
+
+
 def load_spec(bundle: str | Path) -> FunctionSpec:
     """The bundle's FunctionSpec (SpecError naming function.yaml and the field when invalid)."""
     d = Path(bundle)
-    if not (d / SPEC_FILE).is_file():
-        raise BundleError(f"{d}: no {SPEC_FILE}; a bundle folder holds {SPEC_FILE} and handler.py")
+    require_spec_file(d)
     return load_yaml(d / SPEC_FILE, FunctionSpec)
 
 
@@ -123,6 +129,7 @@ def next_sandbox_uid() -> int | None:
 
 
 _uid_probe: dict[str, str | None] = {}
+_uid_probing: dict[str, asyncio.Future[str | None]] = {}  # python -> the probe in flight (`sandbox_uid`)
 
 
 async def sandbox_uid(python: str) -> int | None:
@@ -137,11 +144,17 @@ async def sandbox_uid(python: str) -> int | None:
     if uid is None:
         return None
     if python not in _uid_probe:
-        _uid_probe[python] = await _probe_uid(python, uid)
-        if _uid_probe[python] is not None:
-            log.warning("bundle code runs as the gateway's uid, not a sandbox uid: uid %d cannot run %s (%s); make the "
-                        "interpreter and its packages readable by other users, e.g. install Python outside /root",
-                        uid, python, _uid_probe[python])
+        # NOTE: one probe however many callers ask at once (instances starting together): they await its task
+        probing = _uid_probing.get(python)
+        if probing is None or probing.get_loop() is not asyncio.get_running_loop():
+            probing = _uid_probing[python] = asyncio.ensure_future(_probe_uid(python, uid))
+        why = await asyncio.shield(probing)
+        if python not in _uid_probe:
+            _uid_probe[python] = why
+            if why is not None:
+                log.warning("bundle code runs as the gateway's uid, not a sandbox uid: uid %d cannot run %s (%s); make the "
+                            "interpreter and its packages readable by other users, e.g. install Python outside /root",
+                            uid, python, why)
     return uid if _uid_probe[python] is None else None
 
 
@@ -332,12 +345,12 @@ class BundleChecker:
         bundles a real one accepts. Passes are cached per (bundle contents, spec). Changes nothing on disk
         but a private temporary folder, removed before it returns."""
         d = Path(path)
-        if not (d / SPEC_FILE).is_file():
-            raise BundleError(f"{d}: no {SPEC_FILE}; a bundle folder holds {SPEC_FILE} and handler.py")
+        require_spec_file(d)
         hfile, _ = handler_path(d, spec)  # a malformed handler field or a missing file fails fast, without a subprocess
         if not hfile.is_file():
             raise BundleError(f"{hfile}: handler file not found (function.yaml says handler: {spec.handler})")
-        key = _digest(d, spec, execute)
+        # NOTE: off the event loop: a bundle may hold 8 MiB (specs.py), read and hashed here
+        key = await asyncio.get_running_loop().run_in_executor(None, _digest, d, spec, execute)
         if key in _checked:
             return
         if self._sem is None:

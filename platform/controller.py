@@ -19,7 +19,7 @@ from gpufaas.platform.clock import Clock, Handle, ms_to_ns, perf_ns
 from gpufaas.platform.decisions import Decisions, Dispatch, Reject, Start, Stop
 from gpufaas.platform.errors import SpecError, UserError
 from gpufaas.platform.profiles import Profiles
-from gpufaas.platform.residency.interface import Residency
+from gpufaas.platform.residency.interface import Residency, cold_start_ns
 from gpufaas.platform.residency.registry import make_residency
 from gpufaas.platform.runtime import (AfwQueue, Batch, FunctionRt, Gpu, Instance, InstanceState, Invocation,
                                       InvocationStatus, Job, WorkflowRt, build_gpus)
@@ -76,6 +76,8 @@ class Controller:
         self.starting_by_fn: dict[str, int] = {}
         self._last_config: dict[str, tuple[str, int, int]] = {}  # function -> (GPU type, units, max_batch) of its last start
         self._made_room_ns: dict[str, int] = {}  # function -> when evictions last made room for it
+        # functions evicted down to no instance since their last arrival (ClusterView.keeps_warm: False)
+        self.evicted_fns: set[str] = set()
         self.ready_queues: dict[tuple[str, str], AfwQueue] = {}
         self.jobs: dict[int, Job] = {}
         self.inflight: dict[int, Invocation] = {}
@@ -91,6 +93,7 @@ class Controller:
         # did not cover
         self._quiet = False
         self._pull = False
+        self._push = False  # Decisions.arrival_push
         self.queued_by_fn: dict[str, int] = {}  # jobs in the queues, per function
         # NOTE: a backend with `takes_not_before = True` (the sim backend) starts a batch at
         # batch.not_before_ns itself, which saves the simulator one event per batch whose inputs are in
@@ -205,6 +208,15 @@ class Controller:
             q.note_arrival(now)
             if self._res_learns:
                 self.residency.observe_arrival(self.functions[q.function], now)
+            if self.evicted_fns:
+                self.evicted_fns.discard(q.function)
+            # Decisions.arrival_push: with no job queued anywhere, the call would see this job alone and
+            # give it the newest idle instance of its function (ids are issued in creation order)
+            if self._push and not self.ready_queues and not self.tenancy.active:
+                idle = self.idle_by_fn[q.function]
+                if idle:
+                    self._dispatch(idle[max(idle)], [job], now)
+                    return
         if front:
             q.jobs.appendleft(job)
         else:
@@ -320,7 +332,19 @@ class Controller:
         self.acct.decision_us.add((perf_ns() - t0) / 1000.0)
         if fp is not None and fp != self._fingerprint():
             raise PolicyPurityError(f"policy {getattr(self.policy, 'name', self.policy)!r} changed controller state through its view")
+        wake = decisions.wake_at_ns
+        due = wake is not None and now < wake <= self.clock.now_ns()
+        if due:
+            # NOTE(live): the wake was in the future when the policy was asked but fell due while the pass ran
+            # (live passes take real time: a first plan, a round of starts on a busy machine). apply() refuses a
+            # wake that is not in the future, and with its standing rules the policy was then not called again
+            # until some other event: `gpufaas fidelity` measured a live gateway without ticks (rate estimates
+            # frozen) for over a second. The pass it asked for runs at once instead. Never in the simulator,
+            # whose passes take no virtual time.
+            decisions = decisions._replace(wake_at_ns=None)
         self.apply(tenancy.order(decisions) if tenancy.active else decisions)
+        if due:
+            self._request_pass()
         if self.residency.evicts and self.ready_queues:
             self._relieve_pressure(now)
 
@@ -350,6 +374,7 @@ class Controller:
                 self.acct.refuse(f"unknown action: {a!r}")
         self._quiet = decisions.quiet_until_match
         self._pull = decisions.idle_pulls
+        self._push = decisions.arrival_push
         wake = decisions.wake_at_ns
         if wake == self._wake_at_ns:
             return  # the timer asked for is already set
@@ -368,6 +393,7 @@ class Controller:
         """Forget the last pass's standing rules: an event they did not cover happened."""
         self._quiet = False
         self._pull = False
+        self._push = False
 
     def _on_wake(self) -> None:
         self._wake = None
@@ -503,16 +529,20 @@ class Controller:
         if not self.residency.evicts:
             return False
         now = self.clock.now_ns()
-        cands = self._evictable(gpu, fn, now)
+        cands = self.residency.victims(self._evictable(gpu, fn, now), fn, now)
         if (gpu.free_units + sum(i.share_units for i in cands) < units
                 or gpu.free_mb + sum(i.memory_mb for i in cands) < mem - 1e-6):
             return False
-        for victim in self.residency.victims(cands, now):
+        for victim in cands:
             if gpu.free_units >= units and gpu.free_mb >= mem:
                 break
             if now >= self.acct.warmup_end_ns:  # Accounting.warmup_end_ns
                 self.acct.evictions += 1
             self._stop(victim)
+            left = len(self.instances_by_fn[victim.function.name])
+            if not left:
+                self.evicted_fns.add(victim.function.name)
+            self.residency.evicted(victim, left, now)
         return gpu.free_units >= units and gpu.free_mb >= mem
 
     def _need(self, fn: FunctionRt) -> tuple[str, int, int, float] | None:
@@ -529,7 +559,8 @@ class Controller:
 
     def _place(self, fn: FunctionRt, evict: bool) -> Gpu | None:
         """A GPU for a new instance of `fn` (`_need`): the best fit (least memory left over) where it fits
-        now, else (with `evict`) the first GPU where evicting idle instances makes room (they are evicted)."""
+        now, else (with `evict`) the GPU whose eviction costs least in the residency policy's order (they
+        are evicted there)."""
         need = self._need(fn)
         if need is None:
             return None
@@ -538,10 +569,35 @@ class Controller:
         if fits:
             return min(fits, key=lambda g: (g.free_mb - mem, g.id))
         if evict and self.residency.evicts:
-            for g in self.gpus:
-                if g.type_name == t and self._make_room(g, units, mem, fn):
-                    return g
+            g = self._cheapest_room(t, units, mem, fn)
+            if g is not None and self._make_room(g, units, mem, fn):
+                return g
         return None
+
+    def _cheapest_room(self, gpu_type: str, units: int, mem: float, fn: FunctionRt) -> Gpu | None:
+        """The GPU of `gpu_type` where making room for (`units`, `mem`) evicts only instances ranked earliest
+        by the residency policy over all such GPUs (the latest-ranked victim needed decides; then fewer
+        victims, then lower id); None where no GPU can make room. NOTE: ranking each GPU on its own and taking
+        the first that can make room evicted what another GPU would have given up more cheaply (a function
+        about to be reused on GPU 0 before a function never seen again on GPU 2), and the evicted function's
+        next arrival evicted another: thrashing."""
+        now = self.clock.now_ns()
+        cands = [i for g in self.gpus if g.type_name == gpu_type for i in self._evictable(g, fn, now)]
+        rank = {inst.id: k for k, inst in enumerate(self.residency.victims(cands, fn, now))}
+        best: tuple[tuple[int, int, int], Gpu] | None = None
+        for g in self.gpus:
+            if g.type_name != gpu_type:
+                continue
+            free_u, free_m, last, n = g.free_units, g.free_mb, -1, 0
+            for inst in sorted((i for i in cands if i.gpu is g and i.id in rank), key=lambda i: rank[i.id]):
+                if free_u >= units and free_m >= mem:
+                    break
+                free_u += inst.share_units
+                free_m += inst.memory_mb
+                last, n = rank[inst.id], n + 1
+            if free_u >= units and free_m >= mem - 1e-6 and (best is None or (last, n, g.id) < best[0]):
+                best = ((last, n, g.id), g)
+        return best[1] if best is not None else None
 
     def _start_for_residency(self, fn: FunctionRt, prewarm: bool) -> bool:
         """Start one instance of `fn` outside the policy (min_instances, pre-warm). False if nothing fits."""
@@ -575,7 +631,7 @@ class Controller:
             if not fn.tables:
                 continue
             last = self._made_room_ns.get(fname)
-            if last is not None and now - last < ms_to_ns(next(iter(fn.tables.values())).cold_start.total_ms):
+            if last is not None and now - last < cold_start_ns(fn):
                 continue
             if self._place(fn, evict=True) is not None:
                 self._made_room_ns[fname] = now
@@ -613,17 +669,22 @@ class Controller:
 
     def cold_start_ns(self, fn: FunctionRt, gpu: Gpu) -> int:
         """Profiled cold-start time (the live backends measure the real one)."""
-        return ms_to_ns(fn.tables[gpu.type_name].cold_start.total_ms)
+        return cold_start_ns(fn, gpu.type_name)
 
-    def _dispatch(self, inst: Instance, jobs: list[Job]) -> None:
-        now = self.clock.now_ns()
+    def _dispatch(self, inst: Instance, jobs: list[Job], now: int = -1) -> None:
+        if now < 0:
+            now = self.clock.now_ns()
         if inst.prewarm:
             inst.prewarm = False
             if now >= self.acct.warmup_end_ns:  # Accounting.warmup_end_ns
                 self.acct.prewarms_used += 1
         batch = Batch(next(self._ids), inst, jobs, now)
+        # Accounting.cold_requests: a job queued before its instance was up waited on that cold start
+        ready_ns = inst.ready_ns if inst.state != _STARTING else now + 1
         t = 0
         for job in jobs:
+            if job.enq_ns < ready_ns and not job.inv.cold_waited:
+                self._count_cold(job.inv)
             if job.stage.preds:
                 x = self.transfer_ns(job, inst.gpu)
                 if x > t:
@@ -634,6 +695,12 @@ class Controller:
             self._run(inst, batch, now)
         else:
             inst.backlog.append(batch)
+
+    def _count_cold(self, inv: Invocation) -> None:
+        """Mark `inv` as having waited on a cold start; count it once (unless it arrived in the warm-up)."""
+        inv.cold_waited = True
+        if inv.arrival_ns >= self.acct.warmup_end_ns:  # Accounting.warmup_end_ns
+            self.acct.cold_requests += 1
 
     def _run(self, inst: Instance, batch: Batch, now: int) -> None:
         if inst.state == _IDLE:
@@ -833,7 +900,11 @@ class Controller:
 
     def stop_instance(self, inst: Instance) -> None:
         """Stop `inst`: at once when idle or starting, after its current batch (and backlog) when busy. Who
-        calls it: `Tenancy` (fair share, realtime room); the controller's own paths call `_stop`."""
+        calls it: `Tenancy` (fair share, realtime room); the controller's own paths call `_stop`. Refused (and
+        counted) when it would take the function below its `min_instances`."""
+        if len(self.instances_by_fn[inst.function.name]) <= inst.function.min_instances:
+            self.acct.refuse(f"min_instances: {inst.function.name} keeps {inst.function.min_instances} live")
+            return
         self._stop(inst)
 
     def _stop(self, inst: Instance) -> None:

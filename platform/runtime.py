@@ -225,7 +225,7 @@ class Invocation:
     """One request for a workflow. `on_done(inv)` is called once, when it ends."""
 
     __slots__ = ("id", "workflow", "tenant", "arrival_ns", "deadline_ns", "waiting", "exits_left", "status", "finish_ns",
-                 "reason", "payload", "outputs", "out_gpu", "stage_ns", "on_done", "priority")
+                 "reason", "payload", "outputs", "out_gpu", "stage_ns", "on_done", "priority", "cold_waited")
 
     def __init__(self, inv_id: int, workflow: WorkflowRt, arrival_ns: int, slo_ns: int, payload: Any = None,
                  on_done: Callable[["Invocation"], None] | None = None) -> None:
@@ -245,6 +245,7 @@ class Invocation:
         self.out_gpu: list[Gpu | None] = [None] * len(workflow.stages)
         self.stage_ns: list[tuple[int, int]] | None = None  # (start, end) per stage, live mode only
         self.on_done = on_done
+        self.cold_waited = False  # some stage waited on a cold start (Accounting.cold_requests counts it once)
 
     @property
     def slo_met(self) -> bool:

@@ -46,3 +46,25 @@ def quantiles(values: Iterable[float], qs: Iterable[float]) -> list[float]:
     """`quantile(values, q)` for each q in `qs`, sorting `values` once."""
     xs = sorted(values)
     return [_at(xs, q) for q in qs]
+
+
+def quantile_upper_bound(values: Iterable[float], q: float, confidence: float = 0.975) -> float:
+    """A distribution-free upper confidence bound on the q-quantile of the population `values` were drawn
+    from: the smallest order statistic x[k] with P(Binomial(n, q) <= k) >= `confidence` (the number of
+    draws below the q-quantile is Binomial(n, q)); the maximum when n is too small for that.
+
+    Who calls it: `gpufaas bench soak` (is latency back to its idle figure?), so that a window is compared
+    with what the idle phase could have shown, not with one noisy point estimate. ValueError when `values`
+    is empty or q lies outside [0, 1]."""
+    xs = sorted(values)
+    n = len(xs)
+    rank(n, q)  # the same argument checks as `quantile`
+    if q in (0.0, 1.0):
+        return float(xs[0] if q == 0.0 else xs[-1])
+    cdf = 0.0
+    log_n = math.lgamma(n + 1)
+    for k in range(n):  # the binomial pmf in logs: comb(n, k) overflows a float past n ~ 1,000
+        cdf += math.exp(log_n - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * math.log(q) + (n - k) * math.log1p(-q))
+        if cdf >= confidence:
+            return float(xs[k])
+    return float(xs[-1])

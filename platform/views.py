@@ -99,6 +99,15 @@ class ClusterView:
         """Profiled cold-start time of `function` on a GPU of `gpu`'s type."""
         return self._ctl.cold_start_ns(self._ctl.functions[function], gpu)
 
+    def keeps_warm(self, function: str) -> bool:
+        """Whether the residency policy wants `function` (with no queued work) to have an instance now: False
+        only while it has released it on purpose (evicted down to no instance since its last arrival, or
+        `Residency.keeps_warm`), which a pool that keeps one instance per active function should not undo
+        with a start (a cold start, and an eviction of another function where room is short)."""
+        ctl = self._ctl
+        return (function not in ctl.evicted_fns
+                and ctl.residency.keeps_warm(ctl.functions[function], ctl.clock.now_ns()))
+
     def latency_ns(self, function: str, gpu_type: str, batch: int, share_units: int, units_per_gpu: int) -> int:
         """Profiled execution time of one batch."""
         return self._ctl.functions[function].latency_ns(gpu_type, batch, share_units, units_per_gpu)

@@ -61,7 +61,7 @@ GOLDEN_SCENARIOS = (("chain", 30), ("video", 5), ("mixed", 10))
 # the report's figures that a behaviour change moves; wall-clock ones (sim_wall_s, decision_us) and the
 # event count (an implementation detail) are left out
 GOLDEN_KEYS = ("invocations", "completed", "failed", "rejected", "timed_out", "slo_hit_rate", "cost", "latency_ms",
-               "cold_starts", "mean_batch", "refused_decisions", "per_workflow")
+               "cold_starts", "cold_requests", "mean_batch", "refused_decisions", "per_workflow")
 
 
 def golden_cases() -> list[tuple[str, int, str]]:

@@ -73,10 +73,12 @@ def test_workflow_with_cycle_and_unknown_function(tmp_path):
 
 
 def test_bench_sim_json_shape():
-    p = run("bench", "sim", "--duration", "2", "--json")
+    p = run("bench", "sim", "--duration", "2", "--requests", "500", "--json")
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
     assert doc["invocations"] > 0 and doc["invocations_per_s"] > 0 and doc["peak_rss_mb"] > 0
+    cells = doc["per_request"]["cells"]
+    assert len(cells) == 6 and all(c["requests"] >= 500 and c["gpufaas_us"] > 0 for c in cells)
 
 
 def test_every_shipped_scenario_loads():

@@ -178,3 +178,116 @@ def test_histogram_quantiles_within_stated_error():
         exact = quantile(vals, q)  # the project's one definition (numpy's default, see test_core_stats.py)
         assert abs(h.quantile(q) - exact) / exact <= 0.01, (q, h.quantile(q), exact)
     assert h.quantile(1.0) == max(vals) and h.n == 20000
+
+
+def _queued_ids(view, function):
+    return tuple(j.id for q in view.ready_queues() if q.function == function for j in q.jobs)
+
+
+def test_arrival_push_sends_a_new_job_to_the_newest_idle_instance_without_a_call():
+    """Decisions.arrival_push: a new job of a function with an idle instance, nothing else queued, runs on its
+    newest idle instance (largest id) without a call; a job that finds none, or waits behind another, is
+    the policy's again, and an instance stopping drops the rule."""
+    def start_two(v):
+        a, b = _queued_ids(v, "f")
+        return Decisions((Start("f", 0, 10, 1, (a,)), Start("f", 1, 10, 1, (b,))), arrival_push=True)
+
+    def queue_it(v):  # decides nothing: the job waits for an instance to go idle
+        return Decisions(arrival_push=True)
+
+    def serve(v):  # the oldest idle instance (the rule's choice would be the newest): a call decided it
+        inst = min(v.idle_by_function["f"].values(), key=lambda i: i.id)
+        return Decisions((Dispatch(_queued_ids(v, "f")[:1], inst.id),), arrival_push=True)
+
+    pol = Scripted([start_two, queue_it, serve])
+    ctl, clock, fake = controller(pol, gpus=2, fake=True, functions=[function("f")], workflows=[chain("w", ["f"])])
+    settle = lambda: clock.run(until_ns=clock.now_ns())  # this instant's passes; the keep-alive timers stay ahead
+    ctl.submit("w")
+    ctl.submit("w")
+    settle()
+    old, new = fake.started
+    assert pol.calls == 1 and old.id < new.id
+    for inst in (old, new):
+        fake.ready(inst)
+    settle()
+    for b in list(fake.submitted):
+        fake.finish(b)
+    settle()
+    assert pol.calls == 1 and set(ctl.idle_by_fn["f"]) == {old.id, new.id}
+
+    first = ctl.submit("w")  # pushed: the newest idle instance, no call
+    assert fake.submitted[-1].instance is new and fake.submitted[-1].jobs[0].inv is first
+    second = ctl.submit("w")  # the newest is busy now: the other one
+    assert fake.submitted[-1].instance is old and fake.submitted[-1].jobs[0].inv is second
+    settle()
+    assert pol.calls == 1 and ctl.queued_by_fn["f"] == 0 and ctl.acct.cold_requests == 2  # the two first only
+
+    ctl.submit("w")  # no idle instance: queued, and the policy is asked
+    settle()
+    assert pol.calls == 2 and ctl.queued_by_fn["f"] == 1
+    fake.finish(fake.submitted[-1])  # `old` goes idle while a job waits: a call (no idle_pulls here)
+    fake.finish(fake.submitted[-2])  # `new` too, in the same instant
+    settle()
+    assert pol.calls == 3 and fake.submitted[-1].instance is old and ctl.queued_by_fn["f"] == 0
+    ctl.check_invariants()
+
+
+def test_arrival_push_is_dropped_when_an_instance_stops():
+    """The rule holds until the next call or an event it does not cover (an instance released)."""
+    def start(v):
+        return Decisions((Start("f", 0, 10, 1, _queued_ids(v, "f")),), arrival_push=True)
+
+    pol = Scripted([start])
+    ctl, clock, fake = controller(pol, gpus=2, fake=True, functions=[function("f", keep_alive_s=1)],
+                                  workflows=[chain("w", ["f"])])
+    ctl.submit("w")
+    clock.run()
+    fake.ready(fake.started[0])
+    clock.run()
+    fake.finish(fake.submitted[0])
+    clock.run()  # idle 1 s, then released by its keep-alive
+    assert not ctl.instances and pol.calls == 1
+    ctl.submit("w")  # no instance and no rule: a call
+    clock.run()
+    assert pol.calls == 2
+
+
+class PerRequestWithoutPush:
+    """`per-request` with its Decisions' arrival_push turned off: every arrival goes through a call."""
+
+    name = "per-request-without-push"
+    Params = PolicyParams
+
+    def __init__(self, **params):
+        from gpufaas.platform.policy.per_request import PerRequestPolicy
+
+        self.params = PolicyParams()
+        self.inner = PerRequestPolicy()
+
+    def initial_state(self, view):
+        return self.inner.initial_state(view)
+
+    def schedule(self, view, now_ns, state):
+        d, state = self.inner.schedule(view, now_ns, state)
+        assert d.arrival_push
+        return d._replace(arrival_push=False), state
+
+
+@pytest.mark.parametrize("rate_rps,keep_alive_s", [(5.0, 10.0), (50.0, 60.0)])
+def test_per_request_decides_the_same_with_and_without_arrival_push(rate_rps, keep_alive_s):
+    """The rule stands for exactly the calls it skips: the SimFaaS one-function workload gives the same
+    figures with and without it, and far fewer policy calls with it."""
+    from gpufaas.loadgen import simfaas_peer as peer
+    from gpufaas.loadgen.simdriver import run_scenario
+    from tests.helpers import GOLDEN_KEYS
+
+    sc = peer.scenario(rate_rps, keep_alive_s, 1500 / rate_rps)
+    calls: dict[str, int] = {}
+    run = lambda policy: run_scenario(sc, policy, check_purity=True, check_invariants=True,
+                                      on_event=lambda ctl: calls.__setitem__(policy, ctl.acct.decision_us.n))
+    push = run("per-request")
+    plain = run("tests.test_core_controller:PerRequestWithoutPush")
+    assert push["invocations"] > 1000 and push["cold_requests"] > 0
+    assert {k: push[k] for k in GOLDEN_KEYS} == {k: plain[k] for k in GOLDEN_KEYS}
+    assert calls["per-request"] < calls["tests.test_core_controller:PerRequestWithoutPush"] / 5
+    assert calls["per-request"] >= push["cold_starts"] > 0

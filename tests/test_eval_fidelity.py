@@ -1,14 +1,26 @@
-"""`gpufaas fidelity`: the comparison's arithmetic on hand-made figures, bad input, and one short live run
-against its simulation (inproc backend, emulated GPUs), judged with tolerances derived from the run's own
-measurements, as tests/test_loadgen_live_vs_sim.py does."""
+"""`gpufaas fidelity`: the comparison's arithmetic on hand-made figures, the measured-cost model of the
+simulated side (`LiveCosts`, `MeasuredSimBackend`) on hand-made costs, what the process backend measures,
+the instances each side started, the live clock's precise timers, a live pass that outlasts its own wake, bad input, and one short live run against its simulation (inproc
+backend, emulated GPUs), judged with tolerances derived from the run's own measurements, as
+tests/test_loadgen_live_vs_sim.py does."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gpufaas.loadgen import fidelity as F
+from gpufaas.loadgen.scenario import load_scenario, resolve_scenario
+from gpufaas.platform.backends.fake import FakeBackend
+from gpufaas.platform.backends.process import Costs
+from gpufaas.platform.clock import NS_PER_MS, LoopClock
+from gpufaas.platform.controller import Controller
+from gpufaas.platform.decisions import Decisions
+from gpufaas.platform.profiles import Profiles
 from tests.conftest import FUNCTIONS, SCENARIOS
 from tests.helpers import run_cli
 
@@ -31,9 +43,179 @@ def test_side_stats_and_compare():
     assert only["w"]["live"] is None and only["w"]["within_targets"] is False
 
 
+def test_live_costs_are_replayed_in_time_order():
+    costs = Costs()
+    origin = 1_000 * NS_PER_MS
+    for fn, t_ms, extra_ms in (("a", 10, 3), ("a", 5, 1), ("b", 7, 2), ("a", 20, -1)):  # out of order; one negative
+        costs.dispatch_ns.append((fn, 1, origin + t_ms * NS_PER_MS, extra_ms * NS_PER_MS))
+    for fn, t_ms, cold_ms in (("a", 0, 900), ("b", 0, 300), ("a", 15, 500)):
+        costs.cold_start_ns.append((fn, origin + t_ms * NS_PER_MS, cold_ms * NS_PER_MS))
+    lc = F.LiveCosts.of(costs, origin)
+    assert lc.dispatch["a"].at_ns == (5 * NS_PER_MS, 10 * NS_PER_MS, 20 * NS_PER_MS)
+    assert lc.dispatch["a"].value_ns == (NS_PER_MS, 3 * NS_PER_MS, 0)  # a batch is never faster than its profile
+    # the batch that started last at or before t (the first one before any)
+    assert [lc.extra_at("a", t * NS_PER_MS) for t in (0, 5, 9, 10, 19, 25)] == [x * NS_PER_MS for x in (1, 1, 1, 3, 3, 0)]
+    assert lc.extra_at("never-measured", 0) == 0
+    assert [lc.cold_start_at("a", t * NS_PER_MS) for t in (0, 14, 15, 99)] == [x * NS_PER_MS for x in (900, 900, 500, 500)]
+    assert lc.cold_start_at("never-started", 0) == 500 * NS_PER_MS  # the median of all
+    assert F.LiveCosts.of(Costs(), origin).cold_start_at("a", 0) is None  # nothing measured: the profile's
+    summary = lc.summary()
+    assert summary["cold_start_ms"] == 500.0 and summary["cold_starts"] == 3 and summary["dispatch_ms"]["a"]["batches"] == 3
+    assert summary["dispatch_ms"]["b"]["p50"] == 2.0
+
+
+def _samples(costs: F.LiveCosts | None) -> list[F.Sample]:
+    sc = load_scenario(resolve_scenario("chain", "--scenario")).model_copy(update={"duration_s": 6.0, "warmup_s": 1.0})
+    return F.run_sim(sc, "esg", 0.25, 1, costs)[1]
+
+
+def test_measured_sim_backend_adds_the_measured_costs():
+    plain = _samples(None)
+    assert _samples(F.LiveCosts({}, {}, None)) == plain  # nothing measured: the shipped model, exactly
+    extra_ms = 4
+    costs = F.LiveCosts({"preprocess": F.Series((0,), (extra_ms * NS_PER_MS,))}, {}, None)
+    slower = _samples(costs)
+    assert _samples(costs) == slower  # deterministic
+    assert [s.workflow for s in slower] == [s.workflow for s in plain]  # the same invocations
+    p50 = lambda xs: float(np.median([s.latency_ms for s in xs if s.latency_ms is not None]))  # noqa: E731
+    # every invocation passes preprocess once: the median moves by about its extra time (batching may absorb a little)
+    assert extra_ms * 0.5 <= p50(slower) - p50(plain) <= extra_ms * 1.5
+    # a measured cold start replaces the profile's (seconds): the first instances are ready sooner, so fewer early misses
+    quick = _samples(F.LiveCosts({}, {}, 100 * NS_PER_MS))  # the median of all, for functions never started live
+    assert sum(s.hit for s in quick) >= sum(s.hit for s in plain)
+
+
+def test_refusals_count_as_misses_without_a_latency_on_both_sides(tmp_path: Path):
+    """A live 429 (the gateway's admission) and a simulated queue-bound refusal are the same sample: not
+    completed, a miss, out of the latency quantiles, counted in `refused`."""
+    from gpufaas.loadgen.driver import COMPLETED, LiveRun, Record, classify_answer
+    from tests.test_admission import overload
+
+    kind, slo_met, server_ms = classify_answer(429, b'{"error": {"code": "quota_exceeded", "message": "full"}}')
+    run = LiveRun("http://gw", ["w"], [Record(0, 0, 0, 0, COMPLETED, True, 99.0),  # in the warm-up: left out
+                                      Record(2 * NS_PER_MS * 1000, 0, 0, 5 * NS_PER_MS, COMPLETED, True, 5.0),
+                                      Record(2 * NS_PER_MS * 1000, 0, 0, 1 * NS_PER_MS, kind, slo_met, server_ms)])
+    live = F.live_samples(run, warmup_s=1.0)
+    assert live == [F.Sample("w", True, 5.0), F.Sample("w", False, None, refused=True)]
+    assert F.side_stats(live)["w"] == {"invocations": 2, "slo_hit_rate": 0.5, "p50_ms": 5.0, "p99_ms": 5.0, "refused": 1}
+
+    sc = overload(tmp_path)  # tests/test_admission.py: far more than one GPU serves
+    report, samples = F.run_sim(sc, "batch1-wholegpu", 1.0, sc.seed)
+    refused = [x for x in samples if x.refused]
+    assert len(refused) == report["admission_rejected"]["queue"] > 0  # the simulated run applies the queue bound
+    assert all(not x.hit and x.latency_ms is None for x in refused)
+    stats = F.side_stats(samples)["image-classify"]
+    assert stats["refused"] == len(refused) and stats["invocations"] == len(samples)
+
+
+def test_loop_clock_timers_are_not_rounded_to_the_loop_millisecond():
+    """Sub-millisecond waits: asyncio's loop rounds each timer up to the next whole millisecond; the clock's
+    timers do not. Compared within one run (medians of the same delays), not against a fixed figure."""
+    async def lateness(clock: LoopClock, use_loop: bool) -> float:
+        loop = asyncio.get_running_loop()
+        late = []
+        for i in range(40):
+            when = clock.now_ns() + (100 + 20 * i) * 1000
+            fut = loop.create_future()
+            fire = lambda w=when, f=fut: (late.append(clock.now_ns() - w), f.set_result(None))  # noqa: E731
+            if use_loop:
+                loop.call_later((when - clock.now_ns()) / 1e9, fire)
+            else:
+                clock.call_at(when, fire)
+            await fut
+        return float(np.median(late))
+
+    async def both() -> tuple[float, float]:
+        clock = LoopClock(asyncio.get_running_loop())
+        return await lateness(clock, False), await lateness(clock, True)
+
+    precise, rounded = asyncio.run(both())
+    assert precise < rounded / 2, (precise, rounded)
+
+
+@pytest.mark.live
+def test_process_backend_measures_its_costs(tmp_path: Path):
+    from tests.test_process_backend import GOOD, setup, submit
+
+    async def go() -> None:
+        ctl, be = setup(tmp_path, latency_ms=2.0)
+        try:
+            invs = [await asyncio.wait_for(submit(ctl, GOOD), 60) for _ in range(5)]
+        finally:
+            await be.aclose()
+        (fn, start_ns, cold_ns), = be.costs.cold_start_ns
+        (inst,) = ctl.instances.values()  # one instance served the five, one after another
+        assert fn == "echo" and start_ns == inst.start_ns and 0 < cold_ns <= inst.cold_start_ns
+        assert [(f, n) for f, n, _, _ in be.costs.dispatch_ns] == [("echo", 1)] * 5
+        assert list(be.costs.started) == [("echo", inst.share_units)]  # what the policy started, as started
+        for inv, (_, _, start_ns, extra_ns) in zip(invs, be.costs.dispatch_ns):
+            s, e = inv.stage_ns[0]
+            assert s == start_ns and extra_ns >= 0  # the worker holds at least the profiled 2 ms
+            assert e - s >= 2 * NS_PER_MS + extra_ns  # the controller saw the batch end after the backend had it
+
+    asyncio.run(go())
+
+
+def test_instances_started_per_side():
+    sim, live = [("b", 2), ("a", 3), ("b", 4)], [("a", 3), ("c", 1)]
+    assert F.pools(sim, live) == {"a": {"sim": [3], "live": [3]}, "b": {"sim": [2, 4], "live": []},
+                                  "c": {"sim": [], "live": [1]}}
+    assert F.pools(sim, None)["b"] == {"sim": [2, 4], "live": None}  # inproc: the live side is not measured
+    started: list[tuple[str, int]] = []
+    sc = load_scenario(resolve_scenario("chain", "--scenario")).model_copy(update={"duration_s": 6.0, "warmup_s": 1.0})
+    report, _ = F.run_sim(sc, "esg", 0.25, 1, started=started)
+    # every stage's pool started (chain: preprocess -> resnet50); the report counts the starts after the warm-up
+    assert {f for f, _ in started} == {"preprocess", "resnet50"} and len(started) >= report["cold_starts"]
+    assert all(units >= 1 for _, units in started)
+
+
+class _SlowPass:
+    """A policy whose first pass outlasts its own wake (a live pass takes real time); records its calls."""
+
+    name = "slow-pass"
+    params = None
+
+    def __init__(self, clock: LoopClock, calls: list[int], again: asyncio.Event) -> None:
+        self.clock, self.calls, self.again = clock, calls, again
+
+    def initial_state(self, view) -> None:
+        return None
+
+    def schedule(self, view, now_ns: int, state: None) -> tuple[Decisions, None]:
+        self.calls.append(now_ns)
+        if len(self.calls) > 1:
+            self.again.set()
+            return Decisions(), None
+        wake_ns = now_ns + NS_PER_MS
+        while self.clock.now_ns() <= wake_ns:  # busy for longer than the wake it asks for
+            pass
+        return Decisions((), wake_ns), None
+
+
+def test_a_wake_that_falls_due_during_a_live_pass_runs_at_once():
+    """The live controller once refused such a wake as 'not in the future' and set no timer: with the policy's
+    standing rules, nothing called it again until another event (fidelity saw a live gateway without ticks for
+    over a second, its rate estimates frozen, while the simulator, whose passes take no time, ticked on)."""
+    from tests.helpers import cluster
+
+    async def go() -> tuple[list[int], dict]:
+        clock = LoopClock(asyncio.get_running_loop())
+        calls: list[int] = []
+        again = asyncio.Event()
+        ctl = Controller(cluster(), Profiles.shipped(), _SlowPass(clock, calls, again), FakeBackend(), clock, live=True)
+        ctl.apply(Decisions((), clock.now_ns() + NS_PER_MS))  # the first pass, by a wake of its own
+        await asyncio.wait_for(again.wait(), 10)
+        return calls, dict(ctl.acct.refusal_reasons)
+
+    calls, refused = asyncio.run(go())
+    assert len(calls) == 2 and calls[1] > calls[0] + NS_PER_MS  # the second pass came after the wake it asked for
+    assert "wake" not in refused
+
+
 @pytest.mark.parametrize("argv, needle", [(["--scenario", "chain", "--duration", "0"], "--duration"),
                                           (["--scenario", "chain", "--load", "-1"], "--load"),
                                           (["--scenario", "chain", "--policy", "nosuch"], "unknown policy"),
+                                          (["--scenario", "chain", "--sim-model", "nosuch"], "--sim-model"),
                                           (["--scenario", "nosuch"], "--scenario"),
                                           (["--scenario", "noisy-tenant"], "tenants")])
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, needle):
@@ -67,6 +249,9 @@ workload:
     assert doc["meta"]["seed"] == 7 and doc["warmup_s"] == 3
     dg = doc["diagnostics"]
     lag_ms = max(EPOLL_GRANULARITY_MS, dg["loop_lateness_ms"]["max"])
+    pools = dg["instances_started"]  # inproc: the live side's starts are not measured
+    assert set(pools) == {"preprocess", "resnet50", "distilbert", "bert-base", "aggregator"}
+    assert all(d["sim"] and d["live"] is None for d in pools.values())
     decision_ms = (dg["decision_us"] or {}).get("p99", 0.0) / 1000
     stages = {"image-classify": 2, "text-pipeline": 3}
     for w, d in doc["per_workflow"].items():

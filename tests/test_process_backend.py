@@ -189,3 +189,14 @@ async def test_bench_dispatch_figures() -> None:
     assert 0 < r["warm_rtt_ms"]["p50"] <= r["invocation_rtt_ms"]["p50"]
     assert r["cold_start_ms"] > 0
     assert set(r["cold_start_parts_ms"]) == {"spawn_ms", "imports_ms", "model_build_ms", "first_batch_ms"}
+
+
+async def test_instances_starting_together_share_one_bundle_copy(tmp_path: Path) -> None:
+    ctl, be = setup(tmp_path)
+    try:
+        copies = await asyncio.gather(*(be._bundle_copy("echo") for _ in range(3)))  # three spawns at once
+        assert len(set(copies)) == 1 and (copies[0] / "function.yaml").is_file()
+        assert len(list(be.workdir.glob("bundle-*"))) == 1
+        assert await be._bundle_copy("echo") == copies[0]  # later spawns reuse it
+    finally:
+        await be.aclose()

@@ -79,7 +79,7 @@ def test_lru_evicts_the_longest_idle_first():
     a.idle_since_ns, a.id = 5, 1
     b = object.__new__(type(a))
     b.idle_since_ns, b.id = 2, 2
-    assert pol.victims([a, b], 10) == [b, a]
+    assert pol.victims([a, b], None, 10) == [b, a]
 
 
 def test_min_instances_started_at_deploy_and_kept():
@@ -139,10 +139,11 @@ def test_prewarm_counted_used_or_wasted():
 def test_histogram_windows_follow_the_gaps():
     pol = Histogram()
     f = controller(Scripted(), gpus=1, functions=[function("f")], workflows=[chain("w", ["f"])])[0].functions["f"]
-    for k in range(pol.MIN_SAMPLES):
+    pol.observe_arrival(f, 0)
+    pol.observe_arrival(f, 60 * S)
+    assert pol.windows_ns(f) is None  # one gap: not representative yet
+    for k in range(2, pol.MIN_SAMPLES + 1):  # equal gaps: one bin, representative from the second gap on
         pol.observe_arrival(f, k * 60 * S)
-    assert pol.windows_ns(f) is None  # MIN_SAMPLES - 1 gaps: not representative yet
-    pol.observe_arrival(f, pol.MIN_SAMPLES * 60 * S)
     head, tail = pol.windows_ns(f)
     assert head == pytest.approx(0.9 * 60 * S, rel=0.02) and tail == pytest.approx(1.1 * 60 * S, rel=0.02)
     at = pol.prewarm_at_ns(f, pol.MIN_SAMPLES * 60 * S + 1)

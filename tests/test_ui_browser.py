@@ -375,7 +375,24 @@ async def test_dashboard_in_headless_chromium(tmp_path):
                 assert int(d["workflows"][0][2]) == 60 and "policy batch1-wholegpu" in d["text"]
                 assert cdp.console_errors() == []
 
+                # the screenshot is taken under load: 8 streams keep invoking until it is taken
+                stop = asyncio.Event()
+
+                async def until_stopped() -> None:
+                    while not stop.is_set():
+                        async with http.post("/v1/workflows/w/invoke", json={}) as r:
+                            assert r.status == 200
+
+                more = asyncio.gather(*(until_stopped() for _ in range(8)))
+
+                def busy(d: dict) -> bool:
+                    return any(st == "busy" for _, st, _ in d.get("instances", []))
+
+                await wait_for(dom, busy, timeout_s=20, what="the dashboard showing a busy instance under load")
                 shot = base64.b64decode((await cdp.call("Page.captureScreenshot", format="png"))["data"])
+                stop.set()
+                await more
+                assert cdp.console_errors() == []
                 assert shot[:8] == b"\x89PNG\r\n\x1a\n"
                 out = Path(os.environ.get("GPUFAAS_ARTIFACTS_DIR") or tmp_path)
                 out.mkdir(parents=True, exist_ok=True)

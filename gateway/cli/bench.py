@@ -47,17 +47,57 @@ def sim_speed(policy: str = "batch1-wholegpu", duration_s: float | None = None) 
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
+def per_request_speed(requests: int = 20_000) -> dict:
+    """Wall time per simulated request of gpufaas (`per-request` policy) and of SimFaaS (Mahmoudi & Khazaei,
+    CLOSER 2021) on the one-function workload of `loadgen.simfaas_peer` (resnet50 at batch 1, Poisson 0.5, 5
+    and 50 rps x keep-alive 10 and 60 s), about `requests` per cell, both measured here, one after the other.
+    Each simulator draws its own arrivals; gpufaas's time includes generating them and building its
+    controller. Without simfaas installed, gpufaas's figures alone and `simfaas: "not installed"`."""
+    from gpufaas.loadgen import simfaas_peer as peer
+    from gpufaas.platform.errors import UserError
+
+    peer.run_gpufaas(peer.scenario(5.0, 10.0, 10.0))  # warm-up: imports, the policy registry, profile memos
+    cells = []
+    simfaas_ok = True
+    for rate in peer.RATES_RPS:
+        for keep_alive_s in peer.KEEP_ALIVES_S:
+            duration_s = requests / rate
+            g = peer.run_gpufaas(peer.scenario(rate, keep_alive_s, duration_s))
+            cell = {"rate_rps": rate, "keep_alive_s": keep_alive_s, "requests": g.requests,
+                    "gpufaas_us": round(g.us_per_request, 2)}
+            if simfaas_ok:
+                try:
+                    s = peer.run_simfaas(rate, keep_alive_s, duration_s)
+                except UserError:
+                    simfaas_ok = False
+                else:
+                    cell["simfaas_us"] = round(s.us_per_request, 2)
+                    cell["ratio"] = round(g.us_per_request / s.us_per_request, 3)
+            cells.append(cell)
+    out: dict = {"workload": "resnet50 batch 1, Poisson, per-request", "cells": cells,
+                 "gpufaas_us": [min(c["gpufaas_us"] for c in cells), max(c["gpufaas_us"] for c in cells)]}
+    if simfaas_ok:
+        out["simfaas_us"] = [min(c["simfaas_us"] for c in cells), max(c["simfaas_us"] for c in cells)]
+    else:
+        out["simfaas"] = "not installed (pip install simfaas): gpufaas's figures only"
+    return out
+
+
 @bench.command("sim")
 @click.option("--policy", default="batch1-wholegpu", show_default=True, help="policy to simulate")
 @click.option("--duration", "duration_s", type=float, default=None, help="override the scenario duration (s)")
+@click.option("--requests", type=click.IntRange(min=100), default=20_000, show_default=True,
+              help="simulated requests per cell of the one-function SimFaaS comparison")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
-def bench_sim(policy: str, duration_s: float | None, as_json: bool) -> None:
-    """Simulator speed: invocations per wall second on mixed.yaml, one core."""
+def bench_sim(policy: str, duration_s: float | None, requests: int, as_json: bool) -> None:
+    """Simulator speed: invocations per wall second on mixed.yaml, one core; and wall time per simulated
+    request on the one-function workload, gpufaas against SimFaaS (`per_request`)."""
     from gpufaas.gateway.cli import progress
 
     with progress.make(as_json, counts=False, transient=True) as bar:  # a spinner on stderr on a terminal
-        bar.add_task("bench sim", total=None, info=f"{policy} on mixed.yaml")
+        bar.add_task("bench sim", total=None, info=f"{policy} on mixed.yaml, then per-request vs SimFaaS")
         result = sim_speed(policy, duration_s)
+        result["per_request"] = per_request_speed(requests)
     emit("sim", result, as_json)
 
 
@@ -65,9 +105,9 @@ def bench_sim(policy: str, duration_s: float | None, as_json: bool) -> None:
 # command named after the benchmark); `all` runs whatever is registered, in order.
 def register_all() -> None:
     """Add the benchmark commands of the other bench_* modules (called by the CLI at start-up)."""
-    from gpufaas.gateway.cli import bench_dispatch, bench_gateway, bench_loadgen, bench_scheduler
+    from gpufaas.gateway.cli import bench_dispatch, bench_gateway, bench_loadgen, bench_scheduler, bench_soak
 
-    for mod in (bench_scheduler, bench_dispatch, bench_gateway, bench_loadgen):
+    for mod in (bench_scheduler, bench_dispatch, bench_gateway, bench_loadgen, bench_soak):
         if mod.COMMAND.name not in bench.commands:
             bench.add_command(mod.COMMAND)
 

@@ -9,7 +9,10 @@ after another on the warm instance; `warm_rtt_ms` is the batch's round trip as t
 (handed to the backend -> `on_batch_done`, the invocation's stage times), `invocation_rtt_ms` the whole
 invocation (submit to on_done). With `--execute real`
 (process backend) the cold start includes torch's import and the model build of the function named by
-`--function` (its real bundle from functions/). Prints figures; asserts nothing.
+`--function` (its real bundle from functions/). Where the instance has a worker pid (process backend), its
+worker is then SIGKILLed and one more invocation sent: `kill_to_served_ms` (kill to that invocation's end:
+detection, the replacement's cold start, the run) beside `replacement_cold_start_ms`. Prints figures;
+asserts nothing.
 
 One probe for every backend: `measure(backend, ...)` drives any `LiveBackend` through the same
 controller, cluster, function and workflow and times it from the controller's side, so the backends'
@@ -94,11 +97,15 @@ async def measure(backend: LiveBackend, spec: FunctionSpec, bundle: Path, *, num
         ctl.deploy_function(spec)
         ctl.deploy_workflow(wf)
         info, rtt_ns, e2e_ns = await _cold_then_warm(ctl, num_warm)
+        replaced = await _kill_and_replace(ctl) if "pid" in info else None
     finally:
         await backend.aclose()  # first, as the gateway does: the controller's shutdown then finds nothing left
         if ctl is not None:
             ctl.shutdown()
-    return report(backend.name, execute, spec.name, rtt_ns, e2e_ns, info)
+    out = report(backend.name, execute, spec.name, rtt_ns, e2e_ns, info)
+    if replaced is not None:
+        out["kill_to_served_ms"], out["replacement_cold_start_ms"] = replaced
+    return out
 
 
 async def _cold_then_warm(ctl: Controller, num_warm: int) -> tuple[dict, list[int], list[int]]:
@@ -107,19 +114,7 @@ async def _cold_then_warm(ctl: Controller, num_warm: int) -> tuple[dict, list[in
     clock) and the warm invocations' submit-to-done times, in ns. UserError if any invocation fails."""
     from gpufaas.platform.clock import perf_ns
 
-    loop = asyncio.get_running_loop()
-
-    async def one() -> Invocation:
-        fut: asyncio.Future[Invocation] = loop.create_future()
-
-        def done(inv: Invocation) -> None:
-            if not fut.done():
-                fut.set_result(inv)
-
-        ctl.submit(BENCH_WORKFLOW, None, on_done=done)
-        return await asyncio.wait_for(fut, 300)
-
-    first = await one()
+    first = await _one(ctl)
     if first.status.name != "COMPLETED":
         raise UserError(f"bench dispatch: the cold-start invocation failed: {first.reason}")
     info = dict(next(iter(ctl.instances.values())).info)
@@ -127,7 +122,7 @@ async def _cold_then_warm(ctl: Controller, num_warm: int) -> tuple[dict, list[in
     e2e_ns: list[int] = []
     for i in range(num_warm):
         t0 = perf_ns()
-        inv = await one()
+        inv = await _one(ctl)
         e2e_ns.append(perf_ns() - t0)
         if inv.status.name != "COMPLETED":
             raise UserError(f"bench dispatch: warm invocation {i} failed: {inv.reason}")
@@ -135,6 +130,38 @@ async def _cold_then_warm(ctl: Controller, num_warm: int) -> tuple[dict, list[in
         start_ns, end_ns = inv.stage_ns[0]
         rtt_ns.append(end_ns - start_ns)
     return info, rtt_ns, e2e_ns
+
+
+async def _kill_and_replace(ctl: Controller) -> tuple[float, float]:
+    """SIGKILL the warm instance's worker, then submit one invocation: (ms from the kill until that
+    invocation completed, the replacement instance's own cold start in ms). The fault test
+    (tests/test_hardening_faults.py) checks that nothing is lost; this says how long a user waits."""
+    import os
+    import signal
+
+    from gpufaas.platform.clock import perf_ns
+
+    (inst,) = ctl.instances.values()
+    t0 = perf_ns()
+    os.kill(int(inst.info["pid"]), signal.SIGKILL)
+    inv = await _one(ctl)
+    waited_ms = (perf_ns() - t0) / 1e6
+    if inv.status.name != "COMPLETED":
+        raise UserError(f"bench dispatch: the invocation after the worker's kill failed: {inv.reason}")
+    (new,) = ctl.instances.values()
+    return round(waited_ms, 3), float(new.info["cold_start_ms"])
+
+
+async def _one(ctl: Controller) -> Invocation:
+    """Submit one invocation of the bench workflow and wait for its end (300 s at most)."""
+    fut: asyncio.Future[Invocation] = asyncio.get_running_loop().create_future()
+
+    def done(inv: Invocation) -> None:
+        if not fut.done():
+            fut.set_result(inv)
+
+    ctl.submit(BENCH_WORKFLOW, None, on_done=done)
+    return await asyncio.wait_for(fut, 300)
 
 
 def report(backend: str, execute: str, function: str, round_trips_ns: list[int], e2e_ns: list[int], info: dict) -> dict:

@@ -75,11 +75,12 @@ def _split_names(value: str | None, flag: str) -> tuple[str, ...]:
 
 # NOTE: the narrow table is what a reader compares first (fits 100 columns); --wide adds the counts, p50,
 # GPU-seconds, batch, decision time and wall time (about 200 columns; residency and evictions shown narrow only when residency policies are compared). --json always carries everything.
-NARROW_COLUMNS = ("policy", "residency", "load", "SLO hit", "p99 ms", "alloc $", "busy $", "cold", "evict", "invocations")
+# "cold st/req": instances started (cold_starts) / invocations that waited on a cold start (cold_requests)
+NARROW_COLUMNS = ("policy", "residency", "load", "SLO hit", "p99 ms", "alloc $", "busy $", "cold st/req", "evict", "invocations")
 # shown in the narrow table only when a run compares residency policies (`--residency a,b`)
 RESIDENCY_COLUMNS = ("residency", "evict")
 WIDE_COLUMNS = ("policy", "residency", "load", "invocations", "SLO hit", "alloc $", "busy $", "GPU-s alloc", "p50 ms", "p99 ms",
-                "cold", "evict", "prewarm used/wasted", "mem GB-s", "batch", "decide p99 us", "wall s")
+                "cold st/req", "evict", "prewarm used/wasted", "mem GB-s", "batch", "decide p99 us", "wall s")
 NARROW_WIDTH = 100
 WIDE_WIDTH = 210  # every column of WIDE_COLUMNS unabridged
 
@@ -89,7 +90,7 @@ def _cells(r: dict) -> dict[str, str]:
     return {"policy": r["policy"], "load": f"{r['load']:g}", "invocations": str(r["invocations"]),
             "SLO hit": f"{r['slo_hit_rate']:.3f}", "alloc $": f"{r['cost']['allocated_usd']:.3f}",
             "busy $": f"{r['cost']['busy_usd']:.3f}", "GPU-s alloc": f"{r['cost']['gpu_seconds_allocated']:.0f}",
-            "p50 ms": f"{r['latency_ms']['p50']:.1f}", "p99 ms": f"{r['latency_ms']['p99']:.1f}", "cold": str(r["cold_starts"]),
+            "p50 ms": f"{r['latency_ms']['p50']:.1f}", "p99 ms": f"{r['latency_ms']['p99']:.1f}", "cold st/req": f"{r['cold_starts']}/{r['cold_requests']}",
             "batch": f"{r['mean_batch']:.2f}", "decide p99 us": f"{r['decision_us']['p99']:.0f}", "wall s": f"{r['sim_wall_s']:.2f}",
             "residency": r["residency"], "evict": str(r["evictions"]),
             "prewarm used/wasted": f"{r['prewarms']['used']}/{r['prewarms']['wasted']}",

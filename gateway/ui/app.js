@@ -32,6 +32,7 @@ function usd(x) {
 function spark(svg, values, max) {
   const w = 160, h = 32;
   svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
+  svg.setAttribute("preserveAspectRatio", "none");  // stretch to the card's width (the line's shape is what counts)
   svg.replaceChildren();
   const n = values.length;
   if (n < 2) return;

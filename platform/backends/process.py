@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from gpufaas.platform import wire
-from gpufaas.platform.bundle import SPEC_FILE, BundleError, Sandbox, kill_sandbox, open_dir, sandbox_uid, share_read_only
+from gpufaas.platform.bundle import BundleError, Sandbox, kill_sandbox, open_dir, require_spec_file, sandbox_uid, share_read_only
 from gpufaas.platform.backends.interface import UNBOUND, BackendHost
 from gpufaas.platform.clock import Clock, Handle, NS_PER_S
 from gpufaas.platform.runtime import Batch, Instance
@@ -53,16 +53,38 @@ if TYPE_CHECKING:
     from gpufaas.platform.specs import ClusterSpec, FunctionSpec
 
 STOP_GRACE_S = 2.0
+MAX_COST_SAMPLES = 100_000
 ADDRESS_SPACE_BASE_MB = {"emulated": 1024, "real": 4096}  # interpreter + numpy (+ torch) before the model's own memory
 
 log = logging.getLogger("gpufaas.process")
+
+
+class Costs:
+    """What the backend's own path costs, measured on every batch and start (`gpufaas fidelity` feeds them
+    to the simulator's model; the last `MAX_COST_SAMPLES` of each are kept).
+
+    `dispatch_ns`: (function, batch size, start_ns, extra_ns) per batch: its start on the backend's clock,
+    and its round trip as the controller sees it (handed to the backend -> on_batch_done) less its emulated
+    hold (`emulated`) or the worker's measured execution (`real`): framing, the socket both ways, the
+    worker's wake-up and its hold's overshoot, the event loop's hops. `cold_start_ns`: (function, start_ns,
+    cold_ns) per instance: its start on the backend's clock and its cold start as the controller sees it,
+    Start -> READY (sandbox set-up, spawn, imports, first batch). `started`: (function, share units) per
+    instance asked for, in order (what the policy started: fidelity compares the pools of both sides).
+    Who writes it: the process backend. Who reads it: `loadgen.fidelity`."""
+
+    __slots__ = ("dispatch_ns", "cold_start_ns", "started")
+
+    def __init__(self) -> None:
+        self.dispatch_ns: deque[tuple[str, int, int, int]] = deque(maxlen=MAX_COST_SAMPLES)
+        self.cold_start_ns: deque[tuple[str, int, int]] = deque(maxlen=MAX_COST_SAMPLES)
+        self.started: deque[tuple[str, int]] = deque(maxlen=MAX_COST_SAMPLES)
 
 
 class _Worker:
     """What the backend holds for one instance: its process, socket streams and batches in flight."""
 
     __slots__ = ("inst", "token", "proc", "reader", "writer", "spawn_ns", "hello_t0_ns", "last_frame_ns", "batch",
-                 "hang", "stopped", "ready", "watch")
+                 "hold_ns", "hang", "stopped", "ready", "watch")
 
     def __init__(self, inst: Instance) -> None:
         self.inst = inst
@@ -75,6 +97,7 @@ class _Worker:
         self.hello_t0_ns = 0
         self.last_frame_ns = 0
         self.batch: Batch | None = None
+        self.hold_ns: int | None = None  # the batch's emulated hold (None in real mode)
         self.hang: Handle | None = None
         self.stopped = False
         self.ready = False
@@ -111,7 +134,7 @@ class ProcessBackend:
         self._own_workdir = workdir is None or (contain and os.geteuid() == 0)
         self.workdir = Path(tempfile.mkdtemp(prefix="gpufaas-proc-")) if self._own_workdir else Path(workdir)  # type: ignore[arg-type]
         self.socket_path = str(self.workdir / "host.sock")
-        self._bundles: dict[str, Path] = {}  # function -> its world-readable bundle copy in workdir
+        self._bundles: dict[str, asyncio.Future[Path]] = {}  # function -> the copy of its bundle in workdir (`_bundle_copy`)
         self._server: asyncio.AbstractServer | None = None
         self._server_lock = asyncio.Lock()
         self._workers: dict[int, _Worker] = {}
@@ -121,6 +144,7 @@ class ProcessBackend:
         self.failures: list[tuple[int, str]] = []  # (instance id, reason), for tests and logs
         self.max_start_failures = 2
         self._start_failures: dict[str, int] = {}  # function -> consecutive failed start-ups
+        self.costs = Costs()
 
     # ------------------------------------------------------------------ the Backend protocol
 
@@ -132,6 +156,7 @@ class ProcessBackend:
         """Spawn the worker; READY -> on_instance_ready, a failed start -> on_instance_failed."""
         w = _Worker(inst)
         self._workers[inst.id] = w
+        self.costs.started.append((inst.function.name, inst.share_units))
         w.watch = asyncio.get_running_loop().create_task(self._spawn(w))
         self._spawn_tasks.add(w.watch)
         w.watch.add_done_callback(self._spawn_tasks.discard)
@@ -153,6 +178,7 @@ class ProcessBackend:
             self.clock.call_soon(lambda: self.ctl.on_batch_done(inst, batch, None, why))
             return
         w.batch = batch
+        w.hold_ns = hold_ns
         limit_ns = (hold_ns or 0) + int(self.hang_timeout_s * NS_PER_S)
         w.hang = self.clock.call_at(self.clock.now_ns() + limit_ns, self._on_hang, inst.id, batch.id)
         w.writer.write(frame)
@@ -229,16 +255,22 @@ class ProcessBackend:
             heartbeat_s=self.heartbeat_s, small=self.small_models)]
 
     async def _bundle_copy(self, function: str) -> Path:
-        """The function's bundle as its workers read it: a world-readable copy, made once per deploy."""
-        d = self._bundles.get(function)
-        if d is None or not d.is_dir():
+        """The function's bundle as its workers read it: a world-readable copy, made once per deploy.
+        NOTE: one copy even when several instances of a function start at once: the first spawn's copy is a
+        task the others await (a redeploy drops it; a failed copy is tried again by the next spawn)."""
+        task = self._bundles.get(function)
+        if task is None or task.get_loop() is not asyncio.get_running_loop() or (task.done() and (
+                task.cancelled() or task.exception() is not None or not task.result().is_dir())):
             src = self.bundle_dir(function)
-            if not (src / SPEC_FILE).is_file():
-                raise BundleError(f"{src}: no {SPEC_FILE}; a bundle folder holds {SPEC_FILE} and handler.py")
-            d = self.workdir / f"bundle-{len(self._bundles)}-{secrets.token_hex(4)}"
-            await asyncio.to_thread(share_read_only, self.bundle_dir(function), d)
-            self._bundles[function] = d
-        return d
+            require_spec_file(src)
+            dst = self.workdir / f"bundle-{len(self._bundles)}-{secrets.token_hex(4)}"
+
+            async def copy() -> Path:
+                await asyncio.to_thread(share_read_only, src, dst)
+                return dst
+
+            task = self._bundles[function] = asyncio.ensure_future(copy())
+        return await asyncio.shield(task)
 
     async def _sandbox(self, inst: Instance) -> Sandbox:
         cuda = self.execute == "real" and Path("/dev/nvidiactl").exists()
@@ -345,6 +377,7 @@ class ProcessBackend:
         w.ready = True
         self._start_failures.pop(w.inst.function.name, None)
         now = time.monotonic_ns()
+        self.costs.cold_start_ns.append((w.inst.function.name, w.inst.start_ns, now - w.inst.start_ns))
         t0 = int(m.get("t0_ns") or w.hello_t0_ns)
         info = {"spawn_ms": round((t0 - w.spawn_ns) / 1e6, 3) if t0 else 0.0, **wire.ready_parts_ms(m),
                 "cold_start_ms": round((now - w.spawn_ns) / 1e6, 3), "pid": w.proc.pid if w.proc else 0,
@@ -359,6 +392,9 @@ class ProcessBackend:
         if w.hang is not None:
             w.hang.cancel()
             w.hang = None
+        model_ns = w.hold_ns if w.hold_ns is not None else int(m.get("exec_ns") or 0)
+        self.costs.dispatch_ns.append((w.inst.function.name, len(batch.jobs), batch.start_ns,
+                                       self.clock.now_ns() - batch.start_ns - model_ns))
         report_result(self.ctl, w.inst, batch, m)
 
     # ------------------------------------------------------------------ failures

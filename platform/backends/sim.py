@@ -26,6 +26,8 @@ class SimBackend:
         self.ctl: BackendHost = UNBOUND
         self._batch_done: Callable[..., Any] = UNBOUND.on_batch_done
         self._live: set[int] = set()  # started and not stopped: timers of a stopped instance fire as no-ops
+        self._call_at = clock.call_at_fast  # bound once: submit runs once per batch
+        self._done_cb = self._done
 
     def bind(self, host: BackendHost) -> None:
         """Called once by the controller's constructor."""
@@ -44,8 +46,7 @@ class SimBackend:
 
     def submit(self, inst: Instance, batch: Batch) -> None:
         """`on_batch_done` (no outputs) at the batch's start plus its profiled latency."""
-        t = inst.batch_latency_ns(len(batch.jobs))
-        self.clock.call_at_fast(batch.start_ns + t, self._done, inst, batch)
+        self._call_at(batch.start_ns + inst.batch_latency_ns(len(batch.jobs)), self._done_cb, inst, batch)
 
     def _done(self, inst: Instance, batch: Batch) -> None:
         # NOTE: one set lookup per batch keeps the protocol's rule (no callback after stop) at the cost of

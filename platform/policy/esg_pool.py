@@ -158,7 +158,9 @@ def reconcile(view: ClusterView, now_ns: int, targets: dict[str, PoolTarget], wa
                 cover = sum(throughput_rps(i, tg) for i in live[f] if is_planned(i, tg))
         k = math.ceil((tg.need_rps - cover) / per - 1e-9) if cover < tg.need_rps else 0
         if not live[f]:
-            k = max(k, 1)  # a function with an active workflow keeps one instance
+            # a function with an active workflow keeps one instance, unless the residency policy released
+            # it on purpose and it has no queued work (its pre-warm, or its next job, starts one)
+            k = max(k, 1) if f in waited or view.keeps_warm(f) else 0
         # NOTE: a backlog is a queue that has waited past the plan *and* holds more than one round of
         # every instance (a burst that the next round clears is what the sizing allows for). Its jobs
         # arrived within the oldest one's wait, so queued / wait is a floor on the rate arriving now:

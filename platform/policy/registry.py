@@ -74,6 +74,7 @@ def builtin_registry() -> Registry:
     from gpufaas.platform.policy.fastgshare import FastGSharePolicy
     from gpufaas.platform.policy.infless import InflessPolicy
     from gpufaas.platform.policy.oracle import OraclePolicy
+    from gpufaas.platform.policy.per_request import PerRequestPolicy
     from gpufaas.platform.policy.static import StaticPolicy
 
     reg = Registry()
@@ -83,6 +84,7 @@ def builtin_registry() -> Registry:
     reg.register_policy(names.FASTGSHARE, FastGSharePolicy, FastGSharePolicy.Params)
     reg.register_policy(names.STATIC, StaticPolicy, StaticPolicy.Params)
     reg.register_policy(names.BATCH1_WHOLEGPU, Batch1WholeGpu, Batch1WholeGpu.Params)
+    reg.register_policy(names.PER_REQUEST, PerRequestPolicy, PerRequestPolicy.Params)
     return reg
 
 

@@ -9,14 +9,9 @@ import math
 from typing import Iterable
 
 from gpufaas.platform.accounting import Histogram as GapHistogram
-from gpufaas.platform.runtime import FunctionRt, Instance
+from gpufaas.platform.residency.interface import cold_start_ns
+from gpufaas.platform.runtime import FunctionRt, Gpu, Instance
 from gpufaas.platform.units import NS_PER_MS, NS_PER_S
-
-
-def _cold_ns(fn: FunctionRt, inst: Instance | None = None) -> int:
-    """The profiled cold start of `fn` (on `inst`'s GPU type, else its first GPU type): the reload cost."""
-    table = fn.tables[inst.gpu.type_name] if inst is not None else next(iter(fn.tables.values()))
-    return int(table.cold_start.total_ms * NS_PER_MS)
 
 
 class Fixed:
@@ -34,13 +29,20 @@ class Fixed:
         """The function's fixed keep-alive."""
         return inst.function.keep_alive_ns
 
-    def victims(self, candidates: Iterable[Instance], now_ns: int) -> list[Instance]:
+    def victims(self, candidates: Iterable[Instance], fn: FunctionRt | None, now_ns: int) -> list[Instance]:
         """Never evicts."""
         return []
 
     def prewarm_at_ns(self, fn: FunctionRt, now_ns: int) -> int | None:
         """Never pre-warms."""
         return None
+
+    def evicted(self, inst: Instance, live_left: int, now_ns: int) -> None:
+        """Keeps no eviction bookkeeping."""
+
+    def keeps_warm(self, fn: FunctionRt, now_ns: int) -> bool:
+        """Never releases on purpose: the scheduling policy's own keep-alive horizon decides."""
+        return True
 
 
 class Lru(Fixed):
@@ -49,44 +51,28 @@ class Lru(Fixed):
     name = "lru"
     evicts = True
 
-    def victims(self, candidates: Iterable[Instance], now_ns: int) -> list[Instance]:
-        """Longest idle first (ties: lower id)."""
+    def victims(self, candidates: Iterable[Instance], fn: FunctionRt | None, now_ns: int) -> list[Instance]:
+        """Every candidate, longest idle first (ties: lower id)."""
         return sorted(candidates, key=lambda i: (i.idle_since_ns, i.id))
-
-
-class _Arrivals:
-    """Per function: last arrival and an EWMA of the gaps (the `AfwQueue` estimator, per function)."""
-
-    __slots__ = ("last_ns", "gap_ewma_ns", "n")
-
-    ALPHA = 0.2  # as AfwQueue.ALPHA: adapts within a handful of arrivals
-
-    def __init__(self) -> None:
-        self.last_ns = -1
-        self.gap_ewma_ns = 0.0
-        self.n = 0
-
-    def add(self, now_ns: int) -> int:
-        """Record one arrival; returns the gap to the previous one (-1 for the first)."""
-        gap = now_ns - self.last_ns if self.last_ns >= 0 else -1
-        self.last_ns = now_ns
-        self.n += 1
-        if gap >= 0:
-            self.gap_ewma_ns = gap if self.n == 2 else (1 - self.ALPHA) * self.gap_ewma_ns + self.ALPHA * gap
-        return gap
 
 
 class CostAware(Fixed):
     """Keep-alive as caching (Fuerst and Sharma, "FaasCache: Keeping Serverless Computing Alive with
-    Greedy-Dual Caching", ASPLOS 2021): under memory pressure evict the idle instance of lowest priority
-    `clock + reload cost x reuse probability / size`, where the reload cost is its profiled cold start,
-    the reuse probability is P(next arrival within the keep-alive) under the function's observed rate,
-    and size its GPU memory; each eviction raises the clock to the evicted priority (greedy-dual aging),
-    and each arrival stamps its function with the current clock. Idle expiry stays the fixed keep-alive.
+    Greedy-Dual Caching", ASPLOS 2021, section 4): under pressure evict the idle instance of lowest priority
 
-    NOTE: FaaSCache's frequency is an invocation count reset on eviction; we use the rate estimate
-    turned into a probability over the keep-alive horizon, so a function that has gone quiet loses its
-    priority with time instead of keeping a count earned long ago."""
+        priority = clock + frequency x cost / size
+
+    with `clock` the greedy-dual clock at the function's last arrival, `frequency` its arrivals since it
+    was last evicted down to no instance (FaasCache resets it then), `cost` its profiled cold start (the
+    reload cost, in seconds) and `size` what the instance holds of its GPU. Each eviction raises the clock
+    to the evicted instance's priority (greedy-dual aging: a function that has gone quiet is overtaken by
+    the clock). Idle expiry stays the fixed keep-alive.
+
+    NOTE: `size` is the instance's dominant share of its GPU, max(units / GPU units, MB / GPU MB), not its
+    MB alone as in FaasCache (whose servers run out of memory only): on a shared GPU a Start can lack share
+    units as well as memory, and the dominant share is what the instance denies the others (derived from
+    the cluster, nothing tuned). NOTE: FaasCache keeps a container until it is evicted; ours also expires
+    on the fixed keep-alive, so that with free room it never holds more than `fixed` does."""
 
     name = "cost-aware"
     evicts = True
@@ -95,53 +81,69 @@ class CostAware(Fixed):
     def __init__(self) -> None:
         self.clock = 0.0
         self.stamp: dict[str, float] = {}  # function -> clock at its last arrival
-        self.seen: dict[str, _Arrivals] = {}
+        self.freq: dict[str, int] = {}  # function -> arrivals since it was last evicted down to no instance
 
     def observe_arrival(self, fn: FunctionRt, now_ns: int) -> None:
-        """Stamp `fn` with the clock and update its rate."""
-        a = self.seen.get(fn.name)
-        if a is None:
-            a = self.seen[fn.name] = _Arrivals()
-        a.add(now_ns)
+        """Count the arrival and stamp `fn` with the clock."""
+        self.freq[fn.name] = self.freq.get(fn.name, 0) + 1
         self.stamp[fn.name] = self.clock
 
-    def reuse_probability(self, fn: FunctionRt, now_ns: int) -> float:
-        """P(an arrival of `fn` within its keep-alive), Poisson at rate 1 / max(gap EWMA, time since last)."""
-        a = self.seen.get(fn.name)
-        if a is None or a.n < 2:
-            return 0.0
-        gap_ns = max(a.gap_ewma_ns, now_ns - a.last_ns, 1.0)
-        return 1.0 - math.exp(-fn.keep_alive_ns / gap_ns)
+    def _value(self, fn: FunctionRt, gpu: Gpu, units: int, mb: float) -> float:
+        """clock stamp + frequency x cost (s) / dominant share of `gpu`."""
+        size = max(units / gpu.share_units, mb / gpu.memory_mb, 1e-9)
+        cost_s = cold_start_ns(fn, gpu.type_name) / NS_PER_S
+        return self.stamp.get(fn.name, self.clock) + self.freq.get(fn.name, 0) * cost_s / size
 
     def priority(self, inst: Instance, now_ns: int) -> float:
-        """Greedy-dual priority of keeping `inst` (higher stays): clock stamp + cost x probability / MB."""
-        fn = inst.function
-        return (self.stamp.get(fn.name, 0.0)
-                + _cold_ns(fn, inst) / NS_PER_S * self.reuse_probability(fn, now_ns) / max(inst.memory_mb, 1.0))
+        """Greedy-dual priority of keeping `inst` (higher stays)."""
+        return self._value(inst.function, inst.gpu, inst.share_units, inst.memory_mb)
 
-    def victims(self, candidates: Iterable[Instance], now_ns: int) -> list[Instance]:
-        """Lowest priority first; the clock rises to the first victim's priority (it is evicted first)."""
+    def victims(self, candidates: Iterable[Instance], fn: FunctionRt | None, now_ns: int) -> list[Instance]:
+        """Lowest priority first (ties: lower id), only those below the priority `fn` would enter with (at
+        its smallest share and batch on their GPU). NOTE: FaasCache admits every function; here a
+        function worth less than a resident one waits for room instead (as under `fixed`): with more
+        functions in use than fit, admitting each rare arrival evicted a function about to be reused,
+        whose next arrival evicted another (measured on many-models: 15x the cold starts of `fixed`)."""
         ranked = sorted(((self.priority(i, now_ns), i.id, i) for i in candidates), key=lambda t: (t[0], t[1]))
-        if ranked:
-            self.clock = max(self.clock, ranked[0][0])
-        return [i for _, _, i in ranked]
+        if fn is None or not ranked:
+            return [i for _, _, i in ranked]
+        gpu = ranked[0][2].gpu
+        t = gpu.type_name
+        if t not in fn.tables:
+            return []
+        entry = self._value(fn, gpu, fn.share_units[t][0], fn.tables[t].memory_mb(fn.batch_sizes[0]))
+        return [i for p, _, i in ranked if p < entry]
+
+    def evicted(self, inst: Instance, live_left: int, now_ns: int) -> None:
+        """The clock rises to the evicted priority; the function's frequency restarts when none is left."""
+        self.clock = max(self.clock, self.priority(inst, now_ns))
+        if live_left == 0:
+            self.freq.pop(inst.function.name, None)
 
 
 class Histogram(Fixed):
     """Hybrid histogram keep-alive (Shahrad et al., "Serverless in the Wild", USENIX ATC 2020, section 4.2):
-    per function, the distribution of idle times (gaps between its arrivals). Once it is representative
-    (`MIN_SAMPLES` gaps), an idle instance is kept until the gap's `TAIL_Q` percentile (plus `MARGIN`)
-    after the function's last arrival; when even the `HEAD_Q` percentile of the gap is long enough to pay
-    for releasing the instance and starting it again (longer than two cold starts), the instance is
-    released as soon as it goes idle and one is pre-warmed to be ready at the head of the distribution.
-    Before that, the fixed keep-alive. Under pressure, the idle instance whose function's next arrival
-    is predicted furthest away (last arrival + mean gap) goes first.
+    per function, the distribution of idle times (gaps between its arrivals). Once it is representative,
+    an idle instance is kept until the gap's `TAIL_Q` (99th) percentile, plus `MARGIN` (10%), after the
+    function's last arrival; when even the `HEAD_Q` (5th) percentile of the gap, less `MARGIN`, is long
+    enough to pay for releasing the instance and starting it again (longer than two cold starts), the
+    instance is released as soon as it goes idle and one is pre-warmed to be ready at the head of the
+    distribution. Before that, the fixed keep-alive (the paper's fallback for a histogram that is not
+    representative). Under pressure, the idle instance whose function's next arrival is predicted
+    furthest away (last arrival + mean gap; none seen twice: first) goes first, Belady's choice.
+
+    Representative: `MIN_SAMPLES` gaps, or at least two gaps that all fall within one cold start of each
+    other. NOTE: the paper judges a histogram representative by how concentrated its bin counts are (their
+    coefficient of variation); all gaps in one bin is the extreme of that, and it is what a timer-triggered
+    function shows from its second gap on. The bin width here is one cold start (derived from the
+    profile): a pre-warm is started one cold start ahead, so a finer prediction gains nothing.
 
     NOTE: the paper's constants (5th and 99th percentile, 10% margins, a 4-hour range); ours keep its
     percentiles and margin, and read the gaps in a log-bucketed histogram (1% resolution) rather than
     1-minute bins, because GPU cold starts are seconds, not minutes. No keep-alive is shorter than one
     cold start: releasing an instance sooner than that risks paying the cold start for a short lull
-    (the ski-rental bound esg_pool uses too)."""
+    (the ski-rental bound esg_pool uses too). `MIN_SAMPLES` = 10: with n gaps the next one falls outside
+    the sampled range with probability 2 / (n + 1), under 1/5 from 10 gaps on."""
 
     name = "histogram"
     evicts = True
@@ -151,7 +153,7 @@ class Histogram(Fixed):
     RANGE_NS = 4 * 3600 * NS_PER_S
 
     def __init__(self) -> None:
-        self.seen: dict[str, _Arrivals] = {}
+        self.last_ns: dict[str, int] = {}  # function -> its last arrival
         self.gaps_ms: dict[str, GapHistogram] = {}
         # function -> (samples, windows): the two quantiles walk the histogram's buckets, so they are read again
         # only when a gap was added (an instance goes idle about once per batch; arrivals are rarer)
@@ -159,29 +161,31 @@ class Histogram(Fixed):
 
     def observe_arrival(self, fn: FunctionRt, now_ns: int) -> None:
         """Add the gap since `fn`'s previous arrival to its histogram."""
-        a = self.seen.get(fn.name)
-        if a is None:
-            a = self.seen[fn.name] = _Arrivals()
+        last = self.last_ns.get(fn.name)
+        self.last_ns[fn.name] = now_ns
+        if last is None:
             self.gaps_ms[fn.name] = GapHistogram()
-        gap = a.add(now_ns)
-        if 0 <= gap <= self.RANGE_NS:
-            self.gaps_ms[fn.name].add(gap / NS_PER_MS)
+        elif now_ns - last <= self.RANGE_NS:
+            self.gaps_ms[fn.name].add((now_ns - last) / NS_PER_MS)
 
     def windows_ns(self, fn: FunctionRt) -> tuple[int, int] | None:
         """(pre-warm head, keep-alive tail) in ns after the last arrival, or None while not representative."""
         h = self.gaps_ms.get(fn.name)
-        if h is None or h.n < self.MIN_SAMPLES:
+        if h is None or h.n < 2:
             return None
         cached = self._windows.get(fn.name)
         if cached is not None and cached[0] == h.n:
             return cached[1]
-        head = int(h.quantile(self.HEAD_Q) * NS_PER_MS * (1 - self.MARGIN))
-        tail = int(h.quantile(self.TAIL_Q) * NS_PER_MS * (1 + self.MARGIN))
-        self._windows[fn.name] = (h.n, (head, tail))
-        return head, tail
+        w: tuple[int, int] | None = None
+        if h.n >= self.MIN_SAMPLES or (h.max - h.min) * NS_PER_MS <= cold_start_ns(fn):
+            head = int(h.quantile(self.HEAD_Q) * NS_PER_MS * (1 - self.MARGIN))
+            tail = int(h.quantile(self.TAIL_Q) * NS_PER_MS * (1 + self.MARGIN))
+            w = (head, tail)
+        self._windows[fn.name] = (h.n, w)
+        return w
 
     def _prewarms(self, fn: FunctionRt, head_ns: int) -> bool:
-        return head_ns > 2 * _cold_ns(fn)
+        return head_ns > 2 * cold_start_ns(fn)
 
     def idle_ttl_ns(self, inst: Instance, now_ns: int) -> int:
         """Released at once when the function pre-warms (and this is not the pre-warmed instance itself);
@@ -191,24 +195,45 @@ class Histogram(Fixed):
         if w is None:
             return fn.keep_alive_ns
         head, tail = w
-        last = self.seen[fn.name].last_ns
-        if inst.batches_run > 0 and self._prewarms(fn, head) and last + head - _cold_ns(fn) > now_ns:
+        last = self.last_ns[fn.name]
+        if inst.batches_run > 0 and self._prewarms(fn, head) and last + head - cold_start_ns(fn) > now_ns:
             return 0
-        return max(last + tail - now_ns, _cold_ns(fn, inst))
+        return max(last + tail - now_ns, cold_start_ns(fn, inst.gpu.type_name))
 
     def prewarm_at_ns(self, fn: FunctionRt, now_ns: int) -> int | None:
         """A cold start before the head of the gap distribution after the last arrival, when it prewarms."""
         w = self.windows_ns(fn)
         if w is None or not self._prewarms(fn, w[0]):
             return None
-        at = self.seen[fn.name].last_ns + w[0] - _cold_ns(fn)
+        at = self.last_ns[fn.name] + w[0] - cold_start_ns(fn)
         return at if at > now_ns else None
 
-    def victims(self, candidates: Iterable[Instance], now_ns: int) -> list[Instance]:
-        """Furthest predicted next arrival first (never seen: first of all)."""
-        def next_arrival(i: Instance) -> float:
-            a = self.seen.get(i.function.name)
-            if a is None or a.n < 2:
-                return math.inf
-            return a.last_ns + a.gap_ewma_ns
-        return sorted(candidates, key=lambda i: (-next_arrival(i), i.id))
+    def keeps_warm(self, fn: FunctionRt, now_ns: int) -> bool:
+        """False when it pre-warms (the pre-warm starts it), and past the tail after the last arrival (at least one cold start); True while the histogram is not representative (the fixed
+        keep-alive, the scheduling policy's own horizon, decides)."""
+        w = self.windows_ns(fn)
+        if w is None:
+            return True
+        head, tail = w
+        since = now_ns - self.last_ns[fn.name]
+        cold = cold_start_ns(fn)
+        if self._prewarms(fn, head):
+            return False  # NOTE: its pre-warm starts it; a start by the scheduling policy would count as cold
+        return since <= max(tail, cold)
+
+    def next_arrival_ns(self, fn: FunctionRt) -> float:
+        """The predicted next arrival of `fn`: last arrival + mean gap (inf when not seen twice)."""
+        h = self.gaps_ms.get(fn.name)
+        if h is None or h.n == 0:
+            return math.inf
+        return self.last_ns[fn.name] + h.mean * NS_PER_MS
+
+    def victims(self, candidates: Iterable[Instance], fn: FunctionRt | None, now_ns: int) -> list[Instance]:
+        """Those predicted not to be reused before their keep-alive ends (their next arrival after it), the
+        furthest next arrival first. NOTE: evicting an instance that its keep-alive would have kept for its
+        next arrival trades the requester's cold start for the victim's; with more functions in use than
+        fit, that traded one cold start for another at every rare arrival (measured on many-models), so
+        such a Start waits for room instead, as under `fixed`."""
+        scored = [(self.next_arrival_ns(i.function), i) for i in candidates]
+        keep = [(t, i) for t, i in scored if t > i.idle_since_ns + i.idle_ttl_ns]
+        return [i for _, i in sorted(keep, key=lambda x: (-x[0], x[1].id))]
