@@ -30,7 +30,7 @@ test: install
 	$(BIN)/lint-imports
 	$(BIN)/ruff check --quiet platform gateway loadgen functions tests
 	$(BIN)/mypy -p gpufaas.platform -p gpufaas.gateway -p gpufaas.loadgen
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
 # unit and property tests, under a minute: no subprocess gateways, Docker, Ray or long simulations
 test-fast: install
