@@ -223,7 +223,9 @@ class _TimerFd:
             except Exception as e:  # noqa: BLE001 - as the loop's own timers do: report it, keep the others running
                 self.loop.call_exception_handler({"message": f"exception in clock callback {callback!r}", "exception": e})
             now = time.monotonic_ns()
-        if heap and self.armed_ns == 0:
+        # NOTE: a callback above may have armed the fd for a later deadline than an entry already waiting
+        # (`add` arms only when the fd is disarmed or the new deadline is earlier): arm for the earliest
+        if heap and (self.armed_ns == 0 or heap[0][0] < self.armed_ns):
             self._arm(heap[0][0])
 
 

@@ -133,6 +133,30 @@ def test_loop_clock_timers_are_not_rounded_to_the_loop_millisecond():
     assert precise < rounded / 2, (precise, rounded)
 
 
+
+def test_a_timer_added_by_a_callback_does_not_delay_an_earlier_one():
+    """The precise timers arm one fd for the earliest deadline: a callback that schedules a later timer while
+    an earlier one waits must not leave the fd armed for the later one (it did: the waiting timer then fired
+    with the later one, and a 5 s schedule of invocations timed out in the schemathesis run)."""
+    async def run() -> tuple[int, int]:
+        loop = asyncio.get_running_loop()
+        clock = LoopClock(loop)
+        t0 = clock.now_ns()
+        done = loop.create_future()
+        fired: dict[str, int] = {}
+        clock.call_at(t0 + 50 * NS_PER_MS, lambda: fired.setdefault("waiting", clock.now_ns()))
+        clock.call_at(t0 + 900 * NS_PER_MS, lambda: done.set_result(None))
+
+        def first() -> None:  # fires first and schedules a timer later than the waiting one
+            clock.call_at(t0 + 800 * NS_PER_MS, lambda: None)
+
+        clock.call_at(t0 + 1 * NS_PER_MS, first)
+        await done
+        return fired["waiting"], t0
+
+    fired_ns, t0 = asyncio.run(run())
+    assert fired_ns - t0 < 800 * NS_PER_MS  # before the later timer's deadline, not with it
+
 @pytest.mark.live
 def test_process_backend_measures_its_costs(tmp_path: Path):
     from tests.test_process_backend import GOOD, setup, submit
