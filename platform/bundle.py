@@ -281,7 +281,33 @@ async def kill_sandbox(proc: asyncio.subprocess.Process, sandbox: Sandbox) -> No
         pass
     if sandbox.uid is not None:
         await kill_uid(sandbox.uid)
+    else:
+        # NOTE: without a uid of its own (the gateway is not root, or no other uid can run the interpreter), a
+        # child that called setsid escapes killpg; it still carries the sandbox's HOME, which nothing outside
+        # the sandbox has, so it is found by that (a handler that rewrote its own environment is not)
+        for pid in await asyncio.to_thread(marked_pids, sandbox.workdir):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
     await proc.wait()
+
+
+def marked_pids(workdir: Path) -> list[int]:
+    """Live processes whose environment holds HOME=`workdir` (a sandbox's private folder, `Sandbox.env`), from
+    /proc (those this process may read: its own uid's, or all as root). Who calls it: `kill_sandbox`, tests."""
+    entry = b"\0HOME=" + str(workdir).encode() + b"\0"
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{d}/environ", "rb") as f:
+                if entry in b"\0" + f.read():
+                    out.append(int(d))
+        except OSError:
+            pass
+    return out
 
 
 async def kill_uid(uid: int) -> None:

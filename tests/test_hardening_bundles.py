@@ -194,6 +194,30 @@ async def test_a_hanging_check_times_out_and_everything_it_forked_is_killed(tmp_
                    what="the check's processes, its setsid child included, to be gone (SIGKILLed, exiting)")
 
 
+async def test_without_a_sandbox_uid_a_hanging_checks_setsid_child_is_killed_too(tmp_path: Path, monkeypatch) -> None:
+    # the gateway is not root, or no other uid can run its interpreter (a checkout under a 0700 folder): the
+    # check keeps the gateway's uid, and HANGER's setsid child escapes killpg; it still carries the sandbox's HOME
+    async def no_uid(python: str) -> None:
+        return None
+
+    monkeypatch.setattr(bundle, "sandbox_uid", no_uid)
+    homes: list[Path] = []
+    real_exec = bundle.Sandbox.exec
+
+    async def exec_and_note(self, *args, **kw):
+        homes.append(self.workdir)
+        return await real_exec(self, *args, **kw)
+
+    monkeypatch.setattr(bundle.Sandbox, "exec", exec_and_note)
+    checker = BundleChecker(slots=1, timeout_s=3.0)
+    d, spec = make(tmp_path, HANGER)
+    with pytest.raises(BundleError, match=r"did not finish within 3 s"):
+        await checker.check(d, spec, "emulated")
+    (home,) = homes
+    await wait_for(lambda: asyncio.sleep(0, bundle.marked_pids(home)), lambda left: left == [], timeout_s=5.0,
+                   what="the check and its setsid child to be gone")
+
+
 async def test_a_hostile_handler_is_contained_and_the_platform_keeps_serving(sandbox_python: str) -> None:
     # the gateway's data dir as `gpufaas up` leaves it: traversable folders, the store 0600
     data = Path(tempfile.mkdtemp(prefix="gpufaas-test-data-"))
