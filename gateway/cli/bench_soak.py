@@ -259,7 +259,8 @@ async def soak(*, duration_s: float, load: float, idle_s: float, recovery_s_: fl
                 status, body = await probe.request(health)
                 lag = json.loads(body).get("loop_lag_ms") if status == 200 else None
                 t = (perf_ns() - t0_ns) / NS_PER_S
-                samples.append({"t_s": round(t, 1), **proc_sample(proc.pid), "loop_lag_ms": lag})
+                # NOTE: in a thread: the /proc walk takes milliseconds, which on this loop would delay the sends
+                samples.append({"t_s": round(t, 1), **await asyncio.to_thread(proc_sample, proc.pid), "loop_lag_ms": lag})
                 s = samples[-1]
                 log(f"t={t:6.1f} s  rss {s['rss_mb']:.0f} MB  fds {s['fds']}  workers {s['workers']} ({s['workers_rss_mb']:.0f} MB)  "
                     f"loop lag {lag} ms")

@@ -38,7 +38,7 @@ async def get_openapi(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """GET /healthz: policy, backend and what is deployed."""
+    """GET /healthz: liveness, with the policy, the backend and the event loop's recent lag (`Platform.health_doc`)."""
     return web.json_response(request.app[PLATFORM].health_doc())
 
 
