@@ -32,7 +32,7 @@ from gpufaas.platform.backends.registry import build_backend
 from gpufaas.platform.clock import NS_PER_S, LoopClock
 from gpufaas.platform.controller import Controller
 from gpufaas.platform.errors import SpecError, UserError
-from gpufaas.platform.runtime import FunctionRt, Invocation, InvocationStatus, WorkflowRt
+from gpufaas.platform.runtime import FunctionRt, Invocation, WorkflowRt
 from gpufaas.platform.specs import ClusterSpec, FunctionSpec, TensorSpec, WorkflowSpec, load_yaml, parse
 
 log = logging.getLogger("gpufaas.gateway")
@@ -380,7 +380,7 @@ class Platform:
     def record(self, inv: Invocation) -> None:
         """Metrics and admission bookkeeping for one ended invocation."""
         self.admission.release(inv.tenant)
-        self.queues.done(inv.workflow.name, inv.status == InvocationStatus.COMPLETED, self.clock.now_ns())
+        self.queues.ended(inv, self.clock.now_ns())
         self.metrics.invocation_done(inv.workflow.name, STATUS_NAMES[inv.status], (inv.finish_ns - inv.arrival_ns) / NS_PER_S, inv.slo_met)
 
     def _admit(self, wf: WorkflowRt, slo_ms: float | None) -> None:
@@ -389,12 +389,21 @@ class Platform:
         t = self.tenants.get(wf.tenant)
         if t is None:  # removed while the request was in flight
             raise UserError(f"tenant {wf.tenant!r} no longer exists")
+        now = self.check_queue(wf, slo_ms)
+        self.admission.admit(t, now, self.ctl.acct.latency_ms.mean / 1e3)
+        self.queues.add(wf.name, now)
+
+    def check_queue(self, wf: WorkflowRt, slo_ms: float | None) -> int:
+        """The workflow's queue bound for one more invocation (`QueueBounds.check` at `slo_ms`, else the
+        workflow's SLO): QuotaExceeded("queue") -> 429 with Retry-After when full; else the clock's now (ns).
+        Who calls it: `_admit`, and the invoke route before it reads the body (a refusal then costs no body
+        decode: under overload most arrivals are refused, and reading them starved the admitted ones).
+        Changes only the bound's drain-rate window."""
         now = self.clock.now_ns()
         full = self.queues.check(wf.name, slo_ms or wf.spec.slo_ms, now, self.queue_floor(wf))
         if full is not None:
             raise QuotaExceeded("queue", full.message(short(wf.name)), full.retry_after_s)
-        self.admission.admit(t, now, self.ctl.acct.latency_ms.mean / 1e3)
-        self.queues.add(wf.name, now)
+        return now
 
     def queue_floor(self, wf: WorkflowRt) -> int:
         """The queue bound's floor for `wf` (`platform.admission.queue_floor`, shared with the simulator)."""

@@ -34,7 +34,7 @@ from gpufaas.platform.controller import Controller
 from gpufaas.platform.policy.registry import builtin_registry
 from gpufaas.platform.profiles import Profiles
 from gpufaas.platform.residency.registry import make_residency
-from gpufaas.platform.runtime import Invocation, InvocationStatus
+from gpufaas.platform.runtime import Invocation
 
 
 def build_policy(scenario: Scenario, name: str, load: float = 1.0, keep: frozenset[int] | None = None, **overrides: Any):
@@ -119,7 +119,7 @@ def run_scenario(scenario: Scenario, policy_name: str, *, seed: int | None = Non
         if inv.tenant in limited:
             admission.release(inv.tenant)
         if bounds is not None:
-            bounds.done(inv.workflow.name, inv.status == InvocationStatus.COMPLETED, clock.now_ns())
+            bounds.ended(inv, clock.now_ns())
         if on_end is not None:
             on_end(inv)
 

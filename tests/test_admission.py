@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from gpufaas.loadgen.scenario import Scenario, load_scenario
-from gpufaas.loadgen.simdriver import run_scenario
-from gpufaas.platform.admission import DRAIN_WINDOW_NS, QueueBounds, QueueFull, queue_floor
-from gpufaas.platform.runtime import Invocation, InvocationStatus
+from gpufaas.loadgen.simdriver import build_controller, build_policy, run_scenario
+from gpufaas.platform.admission import QueueBounds, QueueFull, queue_floor
+from gpufaas.platform.clock import VirtualClock
+from gpufaas.platform.runtime import Invocation, InvocationStatus, WorkflowRt
 from gpufaas.platform.units import NS_PER_MS, NS_PER_S
 from tests.conftest import FUNCTIONS
 
@@ -55,16 +56,17 @@ def test_below_the_floor_nothing_is_refused_and_at_it_everything_is_until_one_dr
 
 
 def test_the_bound_follows_the_drain_rate_over_busy_time_only():
-    """Completions per busy second, measured over one DRAIN_WINDOW_NS of busy time: 40 invocations of 25 ms
-    each, one at a time, fill 1 s of busy time; the window closes as the 40th ends, before that completion is
-    counted (it goes to the next window), so the rate is 39/s and with a 500 ms SLO the bound is 19. The
-    second of idle time after each does not dilute the rate."""
+    """Completions per busy second, measured over windows of busy time as long as the SLO (500 ms): 40
+    invocations of 25 ms each, one at a time, fill two windows; the first closes as the 20th ends, before
+    that completion is counted (it goes to the next window): 19 in 0.5 s, 38/s; the second holds 20, 40/s;
+    their EWMA is 39/s, and with the 500 ms SLO the bound is 19. The second of idle time after each does not
+    dilute the rate."""
     script: Script = []
     t = 0
     for _ in range(40):  # one in flight at a time, each 25 ms busy, then 1 s idle
         script += [(t, "arrive", False), (t + 25 * NS_PER_MS, "done", True)]
         t += 25 * NS_PER_MS + NS_PER_S
-    assert 40 * 25 * NS_PER_MS == DRAIN_WINDOW_NS
+    assert 40 * 25 * NS_PER_MS == 2 * 500 * NS_PER_MS
     answers = replay([*script, *burst(25, t)], floor=2, slo_ms=500.0)
     assert all(a is None for a in answers[:40])
     after = answers[40:]
@@ -152,3 +154,67 @@ def test_the_simulator_refuses_past_the_floor_only_when_asked(tmp_path: Path):
     # deterministic: the same refusals at the same virtual times
     again = simulate(sc, queue_bounds=True)[2]
     assert [inv.arrival_ns for inv, _ in again] == [inv.arrival_ns for inv, _ in refused]
+
+
+# ---------------------------------------------------------------- a standing queue (outcomes, not counts)
+
+
+def _wf(tmp_path: Path) -> WorkflowRt:
+    """image-classify as the overload scenario's controller compiles it (an Invocation needs a real one)."""
+    sc = overload(tmp_path)
+    return build_controller(sc, build_policy(sc, "batch1-wholegpu"), VirtualClock()).workflows["image-classify"]
+
+
+class Feed:
+    """One QueueBounds fed real Invocations of one workflow (SLO 100 ms), in the order the gateway feeds it:
+    `arrive` (check, then add when admitted), `end` (an admitted one ends with a status at a time)."""
+
+    def __init__(self, wf: WorkflowRt, floor: int) -> None:
+        self.qb, self.wf, self.floor = QueueBounds(), wf, floor
+        self.waiting: list[Invocation] = []
+        self.ids = iter(range(1, 10**6))
+
+    def arrive(self, t_ns: int) -> QueueFull | None:
+        full = self.qb.check(self.wf.name, 100.0, t_ns, self.floor)
+        if full is None:
+            self.qb.add(self.wf.name, t_ns)
+            self.waiting.append(Invocation(next(self.ids), self.wf, t_ns, 100 * NS_PER_MS))
+        return full
+
+    def end(self, t_ns: int, status: InvocationStatus, k: int = 1) -> None:
+        for _ in range(k):
+            inv = self.waiting.pop(0)
+            inv.status, inv.finish_ns = status, t_ns
+            self.qb.ended(inv, t_ns)
+
+
+def _after_a_burst(tmp_path: Path, how_16_end: InvocationStatus) -> tuple[Feed, QueueFull | None, int]:
+    """A measured drain rate (20 on-time invocations of 10 ms, one every 50 ms), then a burst of 30 below the
+    floor of 50, of which 16 end `how_16_end` 200 ms later (late when shed or completed; a failure is not),
+    then one more arrival with 14 still in flight: its answer."""
+    feed = Feed(_wf(tmp_path), floor=50)
+    for i in range(20):
+        assert feed.arrive(i * 50 * NS_PER_MS) is None
+        feed.end(i * 50 * NS_PER_MS + 10 * NS_PER_MS, InvocationStatus.COMPLETED)
+    t = NS_PER_S
+    assert all(feed.arrive(t + i * NS_PER_MS) is None for i in range(30))  # a burst below the floor: admitted
+    feed.end(t + 200 * NS_PER_MS, how_16_end, 16)
+    return feed, feed.arrive(t + 201 * NS_PER_MS), t
+
+
+def test_a_standing_queue_sets_the_floor_aside_until_the_workflow_drains(tmp_path: Path):
+    feed, full, t = _after_a_burst(tmp_path, InvocationStatus.REJECTED)
+    # most of what ended lately missed its SLO: the drain rate alone bounds it, far below the floor
+    assert full is not None and full.in_flight == 14 and full.bound < feed.floor
+    assert full.rate_rps > 0 and full.bound == max(1, int(full.rate_rps * 0.1))
+    assert feed.qb.standing == {feed.wf.name}
+    feed.end(t + 250 * NS_PER_MS, InvocationStatus.COMPLETED, 14)  # the backlog is gone: the floor is back
+    assert feed.qb.standing == set()
+    assert all(feed.arrive(t + 300 * NS_PER_MS + i) is None for i in range(30))
+
+
+def test_late_completions_make_a_standing_queue_and_failures_do_not(tmp_path: Path):
+    late = _after_a_burst(tmp_path, InvocationStatus.COMPLETED)[1]  # finished 200 ms after arrival: late
+    assert late is not None and late.in_flight == 14
+    feed, failed, _ = _after_a_burst(tmp_path, InvocationStatus.FAILED)  # a handler's error says nothing of load
+    assert failed is None and feed.qb.standing == set()

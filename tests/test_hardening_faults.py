@@ -149,7 +149,14 @@ async def test_a_flood_gets_429_with_retry_after_before_any_work(tmp_path: Path)
             await r.read()
             return r.status, loop.time() - t0, r.headers.get("Retry-After")
 
-        answers = await asyncio.gather(*(one() for _ in range(n)))
+        flood = asyncio.gather(*(one() for _ in range(n)))
+        wf_name = plat.workflow("default", "w").name
+        await wait_for(lambda: asyncio.sleep(0, plat.queues.inflight.get(wf_name, 0)), lambda k: k >= floor,
+                       timeout_s=10.0, what="the workflow to fill")
+        # full: the bound is checked before the body is read, so a body that would be a 400 gets the 429
+        bad = await c.post("/v1/workflows/w/invoke", data=b"{not json", headers={"Content-Type": "application/json"})
+        assert bad.status == 429 and (await bad.json())["error"]["code"] != "bad_json", await bad.text()
+        answers = await flood
         usage = await get_json(c, "/v1/usage")
     refused = [a for a in answers if a[0] == 429]
     served = [a for a in answers if a[0] == 200]

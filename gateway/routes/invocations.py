@@ -20,6 +20,10 @@ async def invoke(request: web.Request) -> web.Response:
     wf = plat.workflow(tenant, name)
     if wf is None:
         raise not_found("workflow", name, plat.workflow_names(tenant))
+    # NOTE: the queue bound first, at the query's SLO or the workflow's (the body's slo_ms is checked again by
+    # `_admit`): a refusal costs no body decode, so under overload refusing does not starve what was admitted
+    query_slo = request.query.get("slo_ms") if request.query_string else None
+    plat.check_queue(wf, api.parse_slo_ms(query_slo, "query slo_ms") if query_slo is not None else None)
     doc, binary = await read_doc(request)
     if type(doc) is not dict:
         raise ApiError(400, "bad_request", "request body: expected an object {\"data\": ..., \"slo_ms\": ...}")
