@@ -194,8 +194,9 @@ def test_a_saturated_bottleneck_replaces_its_fragment_fills_with_the_planned_sha
     """image-classify on 4 V100s (synthetic fixture) at twice what they can serve: ResNet-50 is the
     bottleneck, and while the load ramps up its pool gets a smaller share wherever a fragment was free
     and preprocess keeps an older, larger mix. Once saturated, the pipeline-conscious rebalance frees
-    room on one GPU (preprocess above the fraction ResNet can pass, ResNet's own small instances) until
-    the planned share fits: by the end every ResNet-50 instance has the planned share."""
+    room on one GPU (preprocess above the fraction ResNet can pass, ResNet's own instances of other
+    shares) until the planned share fits: by the end no ResNet-50 instance holds less than the planned
+    share (an older configuration's larger instance may stay: it serves more than a planned one would)."""
     from gpufaas.loadgen.simdriver import build_controller, build_policy
     from gpufaas.loadgen.workload import arrivals
     from gpufaas.platform.clock import VirtualClock
@@ -221,7 +222,7 @@ def test_a_saturated_bottleneck_replaces_its_fragment_fills_with_the_planned_sha
     resnet = plan.choices[[s.function for s in ctl.workflows["image-classify"].stages].index("resnet50")]
     shares = sorted(i.share_units for i in ctl.instances.values() if i.function.name == "resnet50")
     assert ctl.acct.report()["rejected"] > 0, "the scenario must saturate the cluster"
-    assert shares and all(u == resnet.units for u in shares), (shares, resnet.units)
+    assert shares and all(u >= resnet.units for u in shares), (shares, resnet.units)
 
 
 def test_under_contention_a_job_without_time_for_the_planned_later_stages_is_shed():

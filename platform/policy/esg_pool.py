@@ -32,8 +32,9 @@ old one as it goes idle.
   offers that fits a fragment is started (a saturated cluster leaves no units idle).
 - **Rebalance** (saturated cluster): a function that still lacks capacity and finds no room is the
   bottleneck of its workflows; on one GPU, functions sharing a workflow with it that hold more than
-  the same fraction of their own need, and its own instances of a smaller share (fragment fills),
-  give up instances (busy ones after their batch) until its planned share fits, so the share goes
+  the same fraction of their own need, and its own instances of another share (fragment fills, an
+  older configuration), give up instances (busy ones after their batch) until its planned share fits
+  (as many planned instances as the freed room holds count as the gain), so the share goes
   where the pipeline's throughput is decided. Fragments are not filled on a GPU whose share is being
   freed that way.
 
@@ -229,9 +230,9 @@ def _rebalance(view: ClusterView, tg: PoolTarget, targets: dict[str, PoolTarget]
     """The cluster has no room for `tg`'s function, which can pass only `have / rate` of its arrivals:
     its workflows' invocations pass through it at that fraction at most (pipeline-conscious sizing
     under saturation). On one GPU, stop instances (busy ones finish their batch first) until the
-    planned share fits: instances of functions sharing a workflow with it, and its own instances of a
-    smaller share (fragment fills, older configurations), when the planned instance serves more than
-    its own lost ones. The GPU that loses the least of the function's own throughput wins; the next
+    planned share fits: instances of functions sharing a workflow with it, and its own instances of
+    another share (fragment fills, older configurations), when the planned instances the freed room
+    holds serve more than its own lost ones. The GPU that loses the least of the function's own throughput wins; the next
     sizing starts `tg` there.
 
     NOTE: a move must make the pipeline's narrowest point wider (max-min on the fraction of its rate
@@ -257,7 +258,7 @@ def _rebalance(view: ClusterView, tg: PoolTarget, targets: dict[str, PoolTarget]
         for inst in live[g]:
             if inst.id in protect or inst.id in stopped or inst.state == _STARTING or inst.gpu.type_name != tg.gpu_type:
                 continue
-            if g == f and inst.share_units >= tg.units:
+            if g == f and inst.share_units == tg.units:
                 continue
             by_gpu.setdefault(inst.gpu.id, []).append(inst)
     best: list[Instance] | None = None
@@ -268,8 +269,10 @@ def _rebalance(view: ClusterView, tg: PoolTarget, targets: dict[str, PoolTarget]
         own_left = own_up
         lost_own = 0.0
         chosen: list[Instance] = []
-        # the function's own small instances first (no other stage loses anything), then the largest
-        for inst in sorted(cands, key=lambda i: (i.function.name != f, -i.share_units, i.id)):
+        # the function's own instances of other shares first, smallest first (no other stage loses
+        # anything), then the other functions' largest
+        for inst in sorted(cands, key=lambda i: (i.function.name != f, i.share_units if i.function.name == f
+                                                 else -i.share_units, i.id)):
             if free >= tg.units:
                 break
             if inst.function.name == f:
@@ -279,9 +282,12 @@ def _rebalance(view: ClusterView, tg: PoolTarget, targets: dict[str, PoolTarget]
             chosen.append(inst)
         # NOTE: the function's own instances are replaced only while others of it stay up: the
         # planned one cold-starts, and a pipeline stage with no instance stalls every workflow
-        if free < tg.units or lost_own >= gain or (lost_own and not own_left):
+        # NOTE: the room freed may hold more than one planned instance (an older, larger configuration
+        # beside fragment fills): the next sizing starts as many as its need asks, so each counts
+        fit_gain = (free // tg.units) * gain
+        if free < tg.units or lost_own >= fit_gain or (lost_own and not own_left):
             continue
-        after = min(1.0, (have[f] - lost_own + gain) / tg.rate_rps)
+        after = min(1.0, (have[f] - lost_own + fit_gain) / tg.rate_rps)
         left = dict(have)
         ok = True
         for inst in chosen:

@@ -4,7 +4,10 @@ ESG sizes its pools to the arrival rate it observes, not one batch at a time, an
 the burstiness it observes, not a fixed utilisation target. Per workflow it keeps:
 
 - `rate_rps`: an EWMA of the arrivals counted per tick (its entry queues' `arrivals` counters), with
-  the shortest time constant that keeps its standard error below `PRECISION` (see `observe`);
+  the shortest time constant that keeps its standard error below `PRECISION` (see `observe`), corrected
+  for its start as Adam's moment estimates are (Kingma and Ba, ICLR 2015): divided by the total weight
+  its samples hold, so that the first ticks are averaged alike instead of the first alone standing for
+  the whole time constant;
 - `dispersion`: an EWMA of the index of dispersion of those counts, (count - mean)^2 / mean. It is
   about 1 for Poisson arrivals and about cv^2 for a renewal process of inter-arrival CV cv, and larger
   for on-off sources; the pool's headroom grows with its square root (`esg_plan.instances_needed`).
@@ -40,6 +43,8 @@ class Load:
     last_arrival_ns: int = -1  # the tick at which arrivals were last seen
     tau_s: float = 1.0  # the rate's averaging time at the last tick (see `observe`)
     rate_rps: float = 0.0
+    weight: float = 0.0  # the rate EWMA's total sample weight (1 - the prior's): `rate_rps` is divided by it
+    raw_rps: float = 0.0  # the EWMA before that division
     dispersion: float = 1.0  # index of dispersion of counts; 1 = Poisson (the prior before data)
     ticks: int = 0
 
@@ -59,26 +64,32 @@ def observe(load: Load, count: int, now_ns: int, tau_min_s: float, tau_max_s: fl
         load.last_arrival_ns = now_ns
     dt_s = dt_ns / NS_PER_S
     inst = n / dt_s
-    if load.ticks == 0:
-        # NOTE: the first tick that saw arrivals seeds the rate: a fresh stream has nothing to average
-        # with, and averaging in the silence before the first invocation would start it far too low
+    first = load.ticks == 0
+    if first:
+        # NOTE: the first tick that saw arrivals starts the rate: a fresh stream has nothing to average
+        # with, and averaging in the silence before the first invocation would start it far too low.
+        # It is one sample among the next ones, not a seed: one 25 ms tick holds a handful of arrivals
+        # (its count's error is about 1/sqrt(n)), and as a seed it stood for the whole time constant: esg
+        # sized its first pools, which keep-alive then keeps, on that handful.
         load.count = count
         load.at_ns = now_ns
         if n == 0:
             return
-        load.rate_rps = inst
-    else:
-        tau = load.dispersion / (max(load.rate_rps, 1e-9) * PRECISION * PRECISION)
-        tau = min(max(tau, tau_min_s), tau_max_s)
-        load.tau_s = tau
-        a = 1.0 - math.exp(-dt_s / tau)
+        load.rate_rps = inst  # only to pick the first sample's time constant, as every later one is
+    tau = load.dispersion / (max(load.rate_rps, 1e-9) * PRECISION * PRECISION)
+    tau = min(max(tau, tau_min_s), tau_max_s)
+    load.tau_s = tau
+    a = 1.0 - math.exp(-dt_s / tau)
+    if not first:
         # NOTE: the sample's denominator is at least one arrival: after a long silence the expected count
         # is near 0 and the first burst would otherwise read as an astronomical dispersion
         expect = load.rate_rps * dt_s
         d = (n - expect) ** 2 / max(expect, 1.0)
         ad = 1.0 - math.exp(-dt_s / tau_max_s)
         load.dispersion = (1 - ad) * load.dispersion + ad * d
-        load.rate_rps = (1 - a) * load.rate_rps + a * inst
+    load.raw_rps = (1 - a) * load.raw_rps + a * inst
+    load.weight = (1 - a) * load.weight + a
+    load.rate_rps = load.raw_rps / load.weight
     load.ticks += 1
     load.count = count
     load.at_ns = now_ns
