@@ -85,3 +85,26 @@ def test_stdlib_platform_not_shadowed_from_repo_root():
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() in ("Linux", "Darwin", "Windows")
     assert not (ROOT / "platform" / "__init__.py").exists()
+
+
+def test_timing_out_a_backlog_ends_each_once_and_leaves_no_job_queued():
+    """`timeout_pending` on invocations whose jobs are still queued (the video DAG fans out: several
+    stages hold jobs of one invocation): each ends TIMED_OUT once, on_done in arrival order, and every
+    queue, the job index and the per-function counts hold only what is still pending."""
+    from gpufaas.loadgen.simdriver import build_controller, build_policy
+    from gpufaas.platform.clock import VirtualClock
+    from gpufaas.platform.runtime import InvocationStatus
+    sc = short("video", 2)
+    clock = VirtualClock()
+    ctl = build_controller(sc, build_policy(sc, "esg"), clock)
+    order: list[int] = []
+    old = [ctl.submit("video-analytics", on_done=lambda i: order.append(i.id)) for _ in range(300)]
+    clock.run(until_ns=10**6)  # nothing has started yet: every job still waits for its cold start
+    new = [ctl.submit("video-analytics", on_done=lambda i: order.append(i.id)) for _ in range(5)]
+    assert ctl.timeout_pending(new[0].arrival_ns) == len(old)
+    assert order == [i.id for i in old] and all(i.status == InvocationStatus.TIMED_OUT for i in old)
+    queued = [j for wf in ctl.workflows.values() for s in wf.stages for j in s.queue.jobs]
+    assert queued and {j.inv.id for j in queued} <= {i.id for i in new}
+    assert set(ctl.jobs) >= {j.id for j in queued} and all(j.inv.status == InvocationStatus.PENDING for j in ctl.jobs.values())
+    assert sum(ctl.queued_by_fn.values()) == len(queued)
+    ctl.check_invariants()
