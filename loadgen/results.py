@@ -525,7 +525,7 @@ def COMMAND(scenarios: str, policies: str, loads: str, seeds: str, jobs: int | N
     """Run scenarios x policies x loads x seeds; write the README results, a Pareto plot and JSON; check targets.
 
     \b
-    Everything the README shows (about 30 minutes on 2 cores):
+    Everything the README shows (about 10 minutes on 2 cores):
       gpufaas results
     A quick look:
       gpufaas results --scenarios chain --loads 1 --seeds 1 --duration 20 --no-readme --plot /tmp/p.png
