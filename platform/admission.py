@@ -2,10 +2,11 @@
 its SLO, one implementation for the live gateway and the simulator.
 
 `QueueBounds` keeps, per workflow, the invocations in flight, the drain rate (completions per busy
-second, an EWMA over windows of `DRAIN_WINDOW_NS` of busy time) and the recent SLO miss fraction (a standing
+second, an EWMA over windows of busy time as long as the SLO) and the recent SLO miss fraction (a standing
 queue: see the class); `check` answers a `QueueFull` (or None) for one more arrival, `add` counts one in,
-`ended` (an invocation that ran) or `done` (one never submitted) counts one out. `queue_floor` is the bound's floor for a workflow,
-from the controller's deployed functions and the cluster's share units (`cluster_units`).
+`ended` (an invocation that ran) or `done` (one never submitted) counts one out. `queue_floor` is the
+bound's floor for a workflow, from the controller's deployed functions and the cluster's share units
+(`cluster_units`).
 
 Who calls it: `gateway.service.Platform` (`_admit`, `record`, `_unadmit`; a `QueueFull` becomes a
 `QuotaExceeded("queue", ...)`, HTTP 429 with Retry-After) and `loadgen.simdriver.run_scenario` with
@@ -53,8 +54,8 @@ class QueueBounds:
     cluster could be executing of it at once (`queue_floor`); while the workflow has a *standing queue*, the
     floor is set aside and the bound is `drain_rps * slo_s` alone (at least 1).
 
-    Who calls it: `Platform._admit` (`check` then `add`), `Platform.record` (`done`), and the simulator's
-    arrivals (`run_scenario(queue_bounds=True)`) in the same order. Times are the caller's clock's ns.
+    Who calls it: `Platform._admit` (`check` then `add`), `Platform.record` (`ended`), `Platform._unadmit`
+    (`done`), and the simulator's arrivals (`run_scenario(queue_bounds=True)`) in the same order. Times are the caller's clock's ns.
     NOTE: Little's law: with `n` in flight and a drain of `r` per second, a new arrival waits about `n / r`;
     past `r * slo_s` it cannot meet its SLO, so it is refused at once (429, Retry-After = the time the
     excess needs to drain) instead of queueing for a timeout. Only completed invocations count as drained:
@@ -64,7 +65,7 @@ class QueueBounds:
     the inner layer; this is the outer one.
     NOTE: the floor answers "how much could the cluster's GPUs hold", from the profiles; it says nothing of
     the gateway's own CPU, which live can be the bottleneck by far (image-classify on 4 A100s: a floor of
-    1,280 in flight, a gateway on 2 cores that finishes 330/s, 33 within the SLO). So, as CoDel tells a good
+    1,280 in flight, a gateway on 2 cores that finishes 330-800/s, 33-80 within the SLO). So, as CoDel tells a good
     queue (a burst that drains) from a bad one (a standing queue; Nichols and Jacobson, "Controlling Queue
     Delay", ACM Queue 10(5), 2012), the bound watches outcomes: when more than half of the invocations that
     ended over about the last SLO interval missed their SLO (late, shed or timed out: `ended`), the queue is
@@ -112,7 +113,7 @@ class QueueBounds:
             return None
         rate = self._rate.get(wf, 0.0)
         drain = int(rate * slo_ms / 1e3)
-        # no rate measured yet (a first busy second not over): nothing says what it drains; keep the floor
+        # no rate measured yet (a first window of busy time not over): nothing says what it drains; keep the floor
         bound = max(1, drain) if standing and rate > 0 else max(floor, drain)
         if n < bound:
             return None
