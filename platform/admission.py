@@ -98,11 +98,6 @@ class QueueBounds:
             w[0] = w[1] = 0
         return w
 
-    def rate(self, wf: str, now_ns: int) -> float:
-        """The workflow's drain rate, completions per busy second (0 until one window of busy time has passed)."""
-        self._tick(wf, now_ns)
-        return self._rate.get(wf, 0.0)
-
     def check(self, wf: str, slo_ms: float, now_ns: int, floor: int) -> QueueFull | None:
         """A `QueueFull` when `wf` holds as many invocations as it can serve within `slo_ms`, and at least
         `floor`; else None (the caller then admits it with `add`). Changes only the drain-rate window."""

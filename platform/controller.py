@@ -12,7 +12,7 @@ in `runtime.py`, and the `Accounting`.
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from gpufaas.platform.accounting import Accounting
 from gpufaas.platform.clock import Clock, Handle, ms_to_ns, perf_ns
@@ -252,9 +252,7 @@ class Controller:
             # drop the invocation's other queued jobs (other branches of a fan-out); the standing rules
             # assumed those jobs were there
             self._drop_rules()
-            for s in inv.workflow.stages:
-                for j in [j for j in s.queue.jobs if j.inv is inv]:
-                    self._unqueue(j)
+            self._unqueue_ended((inv,))
         if inv.on_done is not None:
             inv.on_done(inv)
 
@@ -265,6 +263,24 @@ class Controller:
         inv.reason = reason
         self._count_end(inv, status, now)
         del self.inflight[inv.id]
+
+    def _unqueue_ended(self, invs: Iterable[Invocation]) -> None:
+        """Drop every queued job of an ended invocation from the queues of `invs`' stages, each queue
+        filtered once however many of `invs` it holds (`timeout_pending` ends thousands at a time)."""
+        for q in {id(s.queue): s.queue for inv in invs for s in inv.workflow.stages}.values():
+            if not any(j.inv.status != _PENDING for j in q.jobs):
+                continue
+            keep = []
+            for j in q.jobs:
+                if j.inv.status == _PENDING:
+                    keep.append(j)
+                else:
+                    del self.jobs[j.id]
+                    self.queued_by_fn[q.function] -= 1
+            q.jobs.clear()
+            q.jobs.extend(keep)
+            if not keep:
+                del self.ready_queues[q.key]
 
     def _count_end(self, inv: Invocation, status: InvocationStatus, now: int) -> None:
         """Account for one invocation that ended (unless it arrived in the warm-up)."""
@@ -309,26 +325,15 @@ class Controller:
         stale = [inv for inv in self.inflight.values() if inv.arrival_ns < older_than_ns]
         if not stale:
             return 0
-        # NOTE: in bulk, not one `_finish` each: each would scan its stages' queues for its jobs, and at the
-        # end of an overloaded run thousands of stale invocations sit in queues thousands long (quadratic:
-        # minutes per simulated cell). All end first, then every queue they touch is filtered once, then
-        # their on_done run, in the same order `_finish` would have run them.
+        # NOTE: in bulk, not one `_finish` each: each would filter its stages' queues, and at the end of an
+        # overloaded run thousands of stale invocations sit in queues thousands long (quadratic: minutes per
+        # simulated cell). All end first, then every queue they touch is filtered once, then their on_done
+        # run, in the same order `_finish` would have run them.
         now = self.clock.now_ns()
         for inv in stale:
             self._end(inv, InvocationStatus.TIMED_OUT, reason, now)
         self._drop_rules()
-        queues = {id(s.queue): s.queue for inv in stale for s in inv.workflow.stages}
-        for q in queues.values():
-            if any(j.inv.status != _PENDING for j in q.jobs):
-                keep = [j for j in q.jobs if j.inv.status == _PENDING]
-                for j in q.jobs:
-                    if j.inv.status != _PENDING:
-                        del self.jobs[j.id]
-                        self.queued_by_fn[q.function] -= 1
-                q.jobs.clear()
-                q.jobs.extend(keep)
-                if not keep:
-                    del self.ready_queues[q.key]
+        self._unqueue_ended(stale)
         for inv in stale:
             if inv.on_done is not None:
                 inv.on_done(inv)

@@ -22,8 +22,9 @@ async def invoke(request: web.Request) -> web.Response:
         raise not_found("workflow", name, plat.workflow_names(tenant))
     # NOTE: the queue bound first, at the query's SLO or the workflow's (the body's slo_ms is checked again by
     # `_admit`): a refusal costs no body decode, so under overload refusing does not starve what was admitted
-    query_slo = request.query.get("slo_ms") if request.query_string else None
-    plat.check_queue(wf, api.parse_slo_ms(query_slo, "query slo_ms") if query_slo is not None else None)
+    query = request.query if request.query_string else None
+    query_slo_ms = api.parse_slo_ms(query.get("slo_ms"), "query slo_ms") if query is not None else None
+    plat.check_queue(wf, query_slo_ms)
     doc, binary = await read_doc(request)
     if type(doc) is not dict:
         raise ApiError(400, "bad_request", "request body: expected an object {\"data\": ..., \"slo_ms\": ...}")
@@ -34,13 +35,12 @@ async def invoke(request: web.Request) -> web.Response:
             raise BadInput("invalid_request", f"request body: unknown field(s) {extra}; send only data and slo_ms")
         slo_ms = api.parse_slo_ms(doc.get("slo_ms"))
     mode = "sync"
-    if request.query_string:
-        query = request.query
+    if query is not None:
         extra_q = sorted(set(query) - _INVOKE_QUERY)
         if extra_q:
             raise BadInput("invalid_request", f"query: unknown parameter(s) {[shown(k) for k in extra_q]}; use mode and slo_ms")
-        if "slo_ms" in query:
-            slo_ms = api.parse_slo_ms(query["slo_ms"], "query slo_ms")
+        if query_slo_ms is not None:
+            slo_ms = query_slo_ms
         mode = query.get("mode", "sync")
     if doc:
         payload = plat.payload(wf, doc.get("data"))

@@ -232,8 +232,8 @@ def _rebalance(view: ClusterView, tg: PoolTarget, targets: dict[str, PoolTarget]
     under saturation). On one GPU, stop instances (busy ones finish their batch first) until the
     planned share fits: instances of functions sharing a workflow with it, and its own instances of
     another share (fragment fills, older configurations), when the planned instances the freed room
-    holds serve more than its own lost ones. The GPU that loses the least of the function's own throughput wins; the next
-    sizing starts `tg` there.
+    holds serve more than its own lost ones. The GPU that loses the least of the function's own
+    throughput wins; the next sizing starts `tg` there.
 
     NOTE: a move must make the pipeline's narrowest point wider (max-min on the fraction of its rate
     each function can pass, headroom left out): every function that gives up share keeps at least
