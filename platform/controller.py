@@ -56,7 +56,7 @@ class Controller:
         self.backend = backend
         self.clock = clock
         self.keep_alive_s = keep_alive_s
-        # which idle instances stay resident and for how long (platform/residency/); `fixed` = keep-alive only
+        # which idle instances stay resident and for how long (platform/residency/); `fixed` = keep-alive, least recently used evicted first
         self.residency: Residency = residency if residency is not None else make_residency()
         self._res_learns = self.residency.learns
         self.max_retries = max_retries

@@ -48,18 +48,54 @@ def _fill_then_ask(residency: str):
     return ctl
 
 
-def test_fixed_refuses_a_start_without_room():
-    ctl = _fill_then_ask("fixed")
+class _NeverEvicts(Fixed):
+    """A test fake: the keep-alive alone, a Start without room waits (the `evicts = False` branch)."""
+
+    name = "test-never-evicts"
+    evicts = False
+
+
+def test_a_policy_that_does_not_evict_leaves_a_start_without_room_refused():
+    ctl, clock, _ = controller(StartQueued(), gpus=1, residency=_NeverEvicts(),
+                               functions=[function("f", keep_alive_s=60), function("g", keep_alive_s=60)],
+                               workflows=[chain("wf", ["f"]), chain("wg", ["g"])])
+    ctl.submit("wf")
+    clock.run(until_ns=10 * S)
+    ctl.submit("wg")
+    clock.run(until_ns=10 * S + 1)
     assert ctl.acct.refusal_reasons.get("over-commit", 0) >= 1 and ctl.acct.evictions == 0
     assert [i.function.name for i in ctl.instances.values()] == ["f"]
     ctl.check_invariants()
 
 
-@pytest.mark.parametrize("residency", ["lru", "cost-aware", "histogram"])
+@pytest.mark.parametrize("residency", ["fixed", "lru", "cost-aware", "histogram"])
 def test_evicting_policies_make_room_from_idle_instances(residency):
     ctl = _fill_then_ask(residency)
     assert ctl.acct.evictions == 1 and "over-commit" not in ctl.acct.refusal_reasons
     assert [i.function.name for i in ctl.instances.values()] == ["g"]
+    ctl.check_invariants()
+
+
+def test_histogram_serves_a_start_by_evicting_even_an_instance_predicted_back_soon():
+    """f's predicted next arrival (last + mean gap: 2 s) falls within its keep-alive, so the old filter kept
+    it and g waited for room; a request has to be served, so f goes (Belady: nothing else to choose)."""
+    ctl, clock, _ = _two_functions("histogram")
+    ctl.submit("wf")
+    clock.run(until_ns=1 * S)
+    ctl.submit("wf")
+    clock.run(until_ns=10 * S)
+    ctl.submit("wg")
+    clock.run(until_ns=10 * S + 1)
+    assert ctl.acct.evictions == 1 and [i.function.name for i in ctl.instances.values()] == ["g"]
+    ctl.check_invariants()
+
+
+@pytest.mark.parametrize(("residency", "live_after_keep_alive"), [("fixed", 0), ("lru", 1)])
+def test_fixed_releases_on_its_keep_alive_and_lru_keeps_until_evicted(residency, live_after_keep_alive):
+    ctl, clock, _ = _two_functions(residency)
+    ctl.submit("wf")
+    clock.run(until_ns=70 * S)  # f went idle after its cold start and one job (seconds); its keep-alive is 60 s
+    assert len(ctl.instances) == live_after_keep_alive
     ctl.check_invariants()
 
 
@@ -73,8 +109,9 @@ def test_a_busy_or_recently_idle_instance_is_never_evicted():
     assert [i.function.name for i in ctl.instances.values()] == ["f"]
 
 
-def test_lru_evicts_the_longest_idle_first():
-    pol = make_residency("lru")
+@pytest.mark.parametrize("residency", ["fixed", "lru"])
+def test_fixed_and_lru_evict_the_longest_idle_first(residency):
+    pol = make_residency(residency)
     a, b = object.__new__(type("I", (), {"__slots__": ("idle_since_ns", "id")})), None
     a.idle_since_ns, a.id = 5, 1
     b = object.__new__(type(a))

@@ -42,7 +42,7 @@ class Residency(Protocol):
 
     name: str
     evicts: bool
-    """False: a Start without room is refused as before (`fixed`); True: `victims` is asked."""
+    """False: a Start without room waits until some keep-alive ends (no in-tree policy); True: `victims` is asked."""
     learns: bool
     """False: `observe_arrival` is never called (the controller skips it on its hot path)."""
 
@@ -57,7 +57,7 @@ class Residency(Protocol):
         """Called by the controller when a Start of `fn` lacks room: of `candidates` (idle instances that may
         go), those worth less than making room for `fn`, in the order to evict them; the controller evicts
         from the front until the Start fits, and evicts nothing when the answer cannot make room (the Start
-        then waits for room, as under `fixed`). Changes nothing."""
+        then waits for room until some keep-alive ends). Changes nothing."""
 
     def prewarm_at_ns(self, fn: FunctionRt, now_ns: int) -> int | None:
         """Called by the controller when an idle instance of `fn` was released on expiry: when to start one

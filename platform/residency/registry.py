@@ -14,8 +14,8 @@ from gpufaas.platform.registry import NamedRegistry
 from gpufaas.platform.residency.interface import Residency
 
 FIXED, LRU, COST_AWARE, HISTOGRAM = "fixed", "lru", "cost-aware", "histogram"
-# NOTE: `fixed` (today's keep-alive, no eviction) stays the default: the measured comparison in README
-# ("Residency") found no policy that is better on every shipped scenario, and `fixed` keeps the goldens.
+# NOTE: `fixed` (the keep-alive, OpenWhisk's eviction under pressure) stays the default: the measured
+# comparison in README ("Residency") found no policy that is better on every shipped scenario.
 DEFAULT = FIXED
 
 
