@@ -36,10 +36,15 @@ and given to the simulator's model:
   point of the run (`MeasuredSimBackend`), instead of none;
 - cold starts: an emulated worker is a real process, ready in under a second, not the profile's container +
   runtime + model load of seconds (which the policy still plans with, live and simulated alike); the
-  simulated run's instances take the live run's measured ones instead (by function, in time order).
+  simulated run's instances take the live run's measured ones instead (by function, in time order);
+- the loop's stalls: the driver sends from the gateway's own loop, so while a policy pass, a round of
+  worker starts or anything else on the machine holds the loop, the invocations due wait and then reach
+  the controller together; each simulated arrival is delayed by its invocation's measured send lag
+  (`LiveCosts.with_send_lags`), so both controllers see the same bursts.
 The simulated run therefore follows the live one (`--sim-model measured`, the default; `--sim-model
-profile` simulates with the shipped model alone). The policy's CPU time and the decisions that these shifts
-change (batch fill, placement) are left to the comparison. `diagnostics` reports the loop's lateness (the
+profile` simulates with the shipped model alone). The policy's CPU time beyond the stalls it causes (a pass's
+decisions take effect at once in the simulator) and the decisions that these shifts change (batch fill,
+placement) are left to the comparison. `diagnostics` reports the loop's lateness (the
 driver's send lag: timers on the same loop), the gateway's decision time, the HTTP path, the measured
 costs (`sim_model`) and the share of each instance that each side's policy started (`instances_started`:
 where they part, the pools that meet the next burst differ, and with them that workflow's tail).
@@ -54,13 +59,13 @@ import asyncio
 import bisect
 import secrets
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
-from gpufaas.loadgen.driver import COMPLETED, LiveRun
+from gpufaas.loadgen.driver import COMPLETED, LiveRun, Record
 from gpufaas.loadgen.scenario import Scenario
 from gpufaas.platform.backends.process import Costs
 from gpufaas.platform.backends.sim import SimBackend
@@ -161,12 +166,15 @@ class LiveCosts:
     time order: each batch's measured extra time beyond its profiled execution (`Costs.dispatch_ns`) and each
     instance's measured cold start (Start -> ready); and the median cold start of all, for a function the
     live run never started; `started`: (function, share units) of each instance the live policy started,
-    in order (not replayed: `diagnostics.instances_started` compares it with the simulated run's)."""
+    in order (not replayed: `diagnostics.instances_started` compares it with the simulated run's); `send_lag_ns`:
+    each invocation's live send lag, replayed as the delay of its simulated arrival (`with_send_lags`)."""
 
     dispatch: dict[str, Series]
     cold_start: dict[str, Series]
     cold_start_median_ns: int | None
     started: tuple[tuple[str, int], ...] = ()
+    send_lag_ns: dict[tuple[int, int], int] = field(default_factory=dict)
+    """(scheduled ns, target) -> how late the live driver sent that invocation (`Record.lag_ns`); see `lag_at`."""
 
     @classmethod
     def of(cls, costs: Costs, origin_ns: int) -> "LiveCosts":
@@ -185,6 +193,20 @@ class LiveCosts:
         return cls({fn: Series.of(xs) for fn, xs in sorted(batches.items())},
                    {fn: Series.of(xs) for fn, xs in sorted(starts.items())}, colds[len(colds) // 2] if colds else None,
                    tuple(costs.started))
+
+    def with_send_lags(self, records: Iterable[Record]) -> "LiveCosts":
+        """These costs and each record's send lag. NOTE: the driver's sends are timers on the gateway's own
+        loop, so a send lag is the time the loop was held by other work (a policy pass, a round of worker
+        starts, whatever else ran on the machine) when the invocation was due: live, the invocations due during
+        such a stall reach the controller together when it ends, and the rate estimate, the batches and the
+        backlog rule all see that burst. Replaying each lag in the simulated run gives it the same arrivals the
+        live controller saw (measured: esg started its second vit-b16 instance 0.3 s into a live video run and
+        8.1 s into its simulated twin, which saw no stall at the start)."""
+        return replace(self, send_lag_ns={(r.sched_ns, r.target): max(0, r.lag_ns) for r in records})
+
+    def lag_at(self, t_ns: int, target: int) -> int:
+        """The live send lag of the invocation scheduled at `t_ns` for `target` (0 when not measured)."""
+        return self.send_lag_ns.get((t_ns, target), 0)
 
     def extra_at(self, function: str, t_ns: int) -> int:
         """The measured extra time of `function`'s live batch that started last at or before `t_ns` (0 for a
@@ -207,7 +229,9 @@ class LiveCosts:
             out[fn] = {"batches": len(s.value_ns), "p50": round(float(p50), 3), "p99": round(float(p99), 3),
                        "mean": round(float(np.mean(s.value_ns)) / NS_PER_MS, 3)}
         cold = None if self.cold_start_median_ns is None else round(self.cold_start_median_ns / NS_PER_MS, 1)
-        return {"dispatch_ms": out, "cold_start_ms": cold, "cold_starts": sum(len(s.at_ns) for s in self.cold_start.values())}
+        lags = np.asarray(list(self.send_lag_ns.values()) or [0], dtype=float) / NS_PER_MS
+        return {"dispatch_ms": out, "cold_start_ms": cold, "cold_starts": sum(len(s.at_ns) for s in self.cold_start.values()),
+                "send_lags": len(self.send_lag_ns), "send_lag_ms_max": round(float(lags.max()), 3)}
 
 
 class RecordingSimBackend(SimBackend):
@@ -285,7 +309,7 @@ def run_sim(sc: Scenario, policy: str, load: float, seed: int, costs: LiveCosts 
         return b
 
     report = run_scenario(sc, policy, seed=seed, load=load, on_end=ended, queue_bounds=True, on_refused=refused,
-                          sim_backend=backend)
+                          sim_backend=backend, arrival_lag_ns=costs.lag_at if costs is not None and costs.send_lag_ns else None)
     if started is not None:
         started.extend(x for b in backends for x in b.started)
     return report, samples
@@ -365,7 +389,8 @@ async def run_live(sc: Scenario, scenario_path: Path, policy: str, load: float, 
         origin_ns = plat.clock.now_ns() + DRIVER_HEAD_START_NS
         run = await driver.run()
         live_backend = plat.backend
-        return run, (LiveCosts.of(live_backend.costs, origin_ns) if isinstance(live_backend, ProcessBackend) else None)
+        costs = LiveCosts.of(live_backend.costs, origin_ns).with_send_lags(run.records) if isinstance(live_backend, ProcessBackend) else None
+        return run, costs
     finally:
         await runner.cleanup()
 

@@ -80,7 +80,8 @@ def run_scenario(scenario: Scenario, policy_name: str, *, seed: int | None = Non
                  on_event: Any = None, profiles: Profiles | None = None, tenants: tuple[str, ...] = (),
                  classes: tuple[str, ...] = (), on_end: Callable[[Invocation], None] | None = None,
                  residency: str | None = None, sim_backend: Callable[[VirtualClock], SimBackend] = SimBackend,
-                 queue_bounds: bool = False, on_refused: Callable[[Invocation, str], None] | None = None) -> dict:
+                 queue_bounds: bool = False, on_refused: Callable[[Invocation, str], None] | None = None,
+                 arrival_lag_ns: Callable[[int, int], int] | None = None) -> dict:
     """Simulate `scenario` under `policy_name` and `residency` (default: the scenario's); returns the report
     dict of `gpufaas sim --json`, which names its `residency`.
     `on_end(invocation)` is called as each submitted invocation ends, `on_refused(invocation, limit)` as one is
@@ -89,7 +90,9 @@ def run_scenario(scenario: Scenario, policy_name: str, *, seed: int | None = Non
     `profiles` defaults to `scenario_profiles(scenario)`. The report leaves out the warm-up
     (`Scenario.effective_warmup_s`; SpecError when it is not shorter than the duration). `tenants` and
     `classes` keep only those tenants' or classes' streams (`target_filter`; UserError naming the flag).
-    `sim_backend` builds the backend (`gpufaas fidelity`: one with the live platform's measured costs)."""
+    `sim_backend` builds the backend (`gpufaas fidelity`: one with the live platform's measured costs).
+    `arrival_lag_ns(t_ns, stream_index)`, when given, delays each arrival scheduled at `t_ns` by what it returns
+    (`gpufaas fidelity`: each invocation's measured live send lag); arrivals keep their order."""
     t0 = perf_ns()
     warmup_end_ns = int(scenario.effective_warmup_s() * NS_PER_S)
     keep = target_filter(scenario, tenants, classes)
@@ -155,7 +158,14 @@ def run_scenario(scenario: Scenario, policy_name: str, *, seed: int | None = Non
             ctl.check_invariants()
         nxt = next(it, None)
         if nxt is not None:
-            call_at(nxt[0], arrive, nxt[1])
+            call_at(due(nxt), arrive, nxt[1])
+
+    def due(arrival: tuple[int, int]) -> int:
+        """When an arrival reaches the controller: on schedule, or with `arrival_lag_ns` that much later (never
+        before the previous one: a live loop that stalled hands over the requests it held in order)."""
+        if arrival_lag_ns is None:
+            return arrival[0]
+        return max(arrival[0] + arrival_lag_ns(*arrival), clock.now_ns())
 
     # NOTE: the plain arrival (no admission gate, no invariant check), one event per simulated request: its
     # own closure, so that it costs one call of `submit` and nothing else (the one-function SimFaaS workload)
@@ -168,8 +178,8 @@ def run_scenario(scenario: Scenario, policy_name: str, *, seed: int | None = Non
     call_at = clock.call_at_fast
     first = next(it, None)
     if first is not None:
-        gated = check_invariants or bounds is not None or any(g is not None for g in gate)
-        call_at(first[0], arrive if gated else arrive_plain, first[1])
+        gated = check_invariants or bounds is not None or arrival_lag_ns is not None or any(g is not None for g in gate)
+        call_at(due(first) if gated else first[0], arrive if gated else arrive_plain, first[1])
     end_ns = int(scenario.duration_s * NS_PER_S)
     clock.run(until_ns=end_ns)
     # drain: advance in 100 ms steps until nothing is in flight or the drain time is up

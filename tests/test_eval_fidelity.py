@@ -85,6 +85,36 @@ def test_measured_sim_backend_adds_the_measured_costs():
     assert sum(s.hit for s in quick) >= sum(s.hit for s in plain)
 
 
+def test_live_send_lags_delay_the_simulated_arrivals_in_order():
+    """A live loop stall holds the invocations due during it; the simulated run replays each one's send lag, so
+    the invocations scheduled in the stall reach the controller together at its end, in their order."""
+    from gpufaas.loadgen.driver import COMPLETED, Record
+    from gpufaas.loadgen.simdriver import run_scenario
+    from gpufaas.loadgen.workload import arrivals
+
+    sc = load_scenario(resolve_scenario("chain", "--scenario")).model_copy(update={"duration_s": 3.0, "warmup_s": 0.5})
+    sched = list(arrivals(sc.workload, 1, sc.duration_s, 0.5))
+    stall_end_ns = 1_000 * NS_PER_MS  # the loop was held from 0.8 s to 1 s
+    in_stall = [(t, i) for t, i in sched if 800 * NS_PER_MS <= t < stall_end_ns]
+    assert len(in_stall) >= 3
+    records = [Record(t, i, stall_end_ns - t if (t, i) in in_stall else 0, 0, COMPLETED, True, 1.0) for t, i in sched]
+    costs = F.LiveCosts({}, {}, None).with_send_lags(records)
+    assert costs.lag_at(*in_stall[0]) == stall_end_ns - in_stall[0][0] and costs.lag_at(123, 0) == 0
+    assert costs.summary()["send_lags"] == len(sched)
+
+    def arrived(lag):
+        out: list[tuple[int, int]] = []
+        run_scenario(sc, "esg", seed=1, load=0.5, arrival_lag_ns=lag, on_end=lambda inv: out.append((inv.id, inv.arrival_ns)))
+        return [t for _, t in sorted(out)]  # by invocation id: submission order
+
+    plain, lagged = arrived(None), arrived(costs.lag_at)
+    assert plain == [t for t, _ in sched]  # on schedule
+    assert len(lagged) == len(plain) and lagged == sorted(lagged)  # the same invocations, in order
+    assert [t for t in lagged if 800 * NS_PER_MS <= t < stall_end_ns] == []  # none reached it during the stall
+    assert lagged.count(stall_end_ns) == len(in_stall)  # all of them at its end
+    assert [a for a, p in zip(lagged, plain) if p >= stall_end_ns] == [p for p in plain if p >= stall_end_ns]
+
+
 def test_refusals_count_as_misses_without_a_latency_on_both_sides(tmp_path: Path):
     """A live 429 (the gateway's admission) and a simulated queue-bound refusal are the same sample: not
     completed, a miss, out of the latency quantiles, counted in `refused`."""

@@ -96,8 +96,16 @@ def observe(load: Load, count: int, now_ns: int, tau_min_s: float, tau_max_s: fl
 
 
 def rate_variance(load: Load) -> float:
-    """Variance of the rate estimate: a count over about `tau_s` seconds of index of dispersion D."""
-    return load.dispersion * load.rate_rps / load.tau_s if load.tau_s > 0 else 0.0
+    """Variance of the rate estimate: a count over about `tau_s x weight` seconds of index of dispersion D.
+
+    NOTE: `weight` (the share of the EWMA its samples hold, 1 - exp(-elapsed / tau)) makes the window the
+    time actually averaged: a stream seen for 0.1 s of a 1 s time constant has been counted over 0.1 s, not
+    1 s. Without it the first ticks' interval was about sqrt(1 / weight) too narrow, so a handful of early
+    arrivals could put even its lower end above one instance's capacity: whether esg started a second
+    instance in the first second then hung on how ticks happened to fall against the arrivals (0.3 s into a
+    live video run, 8.1 s into its simulated twin). Once the EWMA is full (weight near 1) nothing changes."""
+    window_s = load.tau_s * load.weight
+    return load.dispersion * load.rate_rps / window_s if window_s > 0 else 0.0
 
 
 def upper_rate_rps(load: Load) -> float:
