@@ -113,6 +113,7 @@ class Controller:
         if spec.name in self.functions and not replace:
             raise SpecError(f"function '{spec.name}' is already deployed; remove it first or redeploy with replace")
         fn = FunctionRt(spec, self.cluster, self.profiles, self.keep_alive_s)
+        self._check_reservations(fn)
         if spec.name in self.functions:
             for inst in list(self.instances_by_fn.get(spec.name, ())):
                 self._stop(inst)
@@ -125,6 +126,44 @@ class Controller:
         self.tenancy.refresh()
         self._top_up(fn)
         return fn
+
+    def _check_reservations(self, new: FunctionRt) -> None:
+        """SpecError when, with `new` deployed (replacing its namesake), the functions' `min_instances` would hold
+        more of a GPU type than it has, or leave no room for one instance of a deployed function that keeps
+        none. Each function reserves min_instances x its smallest instance (`_need`'s first configuration:
+        units and MB) on its first GPU type. NOTE: instances held by min_instances are never evicted, so
+        without this a deployment could take every GPU for good, and every other function's invocations would
+        wait until they time out. A total, not a packing: it refuses what cannot fit, not every layout that
+        fragments."""
+        fns = [f for n, f in self.functions.items() if n != new.name] + [new]
+        by_type: dict[str, list[tuple[FunctionRt, int, float]]] = {}
+        for f in fns:
+            need = self._need_first(f)
+            if need is not None:
+                by_type.setdefault(need[0], []).append((f, need[1], need[2]))
+        for t, items in by_type.items():
+            gpus = [g for g in self.gpus if g.type_name == t]
+            units, mb = sum(g.share_units for g in gpus), sum(g.memory_mb for g in gpus)
+            r_units = sum(f.min_instances * u for f, u, _ in items)
+            r_mb = sum(f.min_instances * m for f, _, m in items)
+            if not r_units:
+                continue
+            holders = ", ".join(f"{f.name} ({f.min_instances})" for f, _, _ in items if f.min_instances)
+            if r_units > units or r_mb > mb + 1e-6:
+                raise SpecError(f"min_instances of {holders} would hold {r_units} of the {units} {t} share units and "
+                                f"{r_mb:.0f} of {mb:.0f} MB; lower min_instances")
+            for f, u, m in items:
+                if not f.min_instances and (r_units + u > units or r_mb + m > mb + 1e-6):
+                    raise SpecError(f"min_instances of {holders} would leave no {t} room for one instance of "
+                                    f"'{f.name}'; lower min_instances")
+
+    @staticmethod
+    def _need_first(fn: FunctionRt) -> tuple[str, int, float] | None:
+        """A function's smallest instance on its first GPU type: (type, units, MB at its largest batch)."""
+        if not fn.tables:
+            return None
+        t = next(iter(fn.tables))
+        return t, fn.share_units[t][0], fn.tables[t].memory_mb(fn.batch_sizes[-1])
 
     def deploy_workflow(self, spec: WorkflowSpec, *, replace: bool = False) -> WorkflowRt:
         """Compile and register a workflow; its functions must be deployed. One AFW queue per stage."""
@@ -582,10 +621,8 @@ class Controller:
         its smallest share at its largest covered batch on its first GPU type."""
         cfg = self._last_config.get(fn.name)
         if cfg is None:
-            if not fn.tables:
-                return None
-            t = next(iter(fn.tables))
-            cfg = (t, fn.share_units[t][0], fn.batch_sizes[-1])
+            first = self._need_first(fn)
+            return None if first is None else (first[0], first[1], fn.batch_sizes[-1], first[2])
         t, units, max_batch = cfg
         return t, units, max_batch, fn.tables[t].memory_mb(max_batch)
 

@@ -131,6 +131,23 @@ def test_min_instances_started_at_deploy_and_kept():
     ctl.check_invariants()
 
 
+def test_min_instances_may_not_take_the_room_of_every_other_function():
+    """Instances held by min_instances are never evicted: a reservation of every GPU would leave a deployed
+    function that keeps none waiting for room until its invocations time out, so the deployment is refused."""
+    whole = {"shares": [1.0]}
+    ctl, _, _ = controller(Scripted(), gpus=2, functions=[function("f", **whole)], workflows=[chain("w", ["f"])])
+    with pytest.raises(SpecError, match="would leave no .* room for one instance of 'f'; lower min_instances"):
+        ctl.deploy_function(function("hog", min_instances=2, **whole))
+    with pytest.raises(SpecError, match="would hold 30 of the 20 .* share units"):
+        ctl.deploy_function(function("hog", min_instances=3, **whole))
+    assert "hog" not in ctl.functions and not ctl.instances  # nothing started or registered
+    ctl.deploy_function(function("hog", min_instances=1, **whole))  # one GPU held, one left for f
+    assert len(ctl.instances) == 1
+    with pytest.raises(SpecError, match="min_instances of hog .1., late .1. would leave no .* room for one instance of 'f'"):
+        ctl.deploy_function(function("late", min_instances=1, **whole))  # f would have nothing left
+    ctl.check_invariants()
+
+
 def test_max_instances_refuses_a_start_above_it():
     pol = Scripted([lambda v: Decisions((Start("f", 0, 2, 1), Start("f", 0, 2, 1)))])
     ctl, clock, _ = controller(pol, gpus=1, functions=[function("f", max_instances=1)], workflows=[chain("w", ["f"])])
