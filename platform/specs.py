@@ -197,7 +197,9 @@ class FunctionSpec(Spec):
                                    "different upstreams); `inputs` then only describes the synthetic input")
     tenant: str = Field("default", description="owning tenant")
     min_instances: int = Field(0, ge=0, le=MAX_BATCH, description="instances kept live whatever the load (started at deploy, "
-                               "never expired or evicted below this)")
+                               "never expired or evicted below this; a deployment whose min_instances, with the other "
+                               "functions', would take a GPU type's every unit or the room of a function that keeps "
+                               "none is refused)")
     max_instances: int | None = Field(None, ge=1, le=MAX_BATCH, description="most live instances at once (a Start above it is "
                                       "refused); None = no limit")
 
