@@ -118,7 +118,7 @@ class CostAware(Fixed):
         request then waited for some keep-alive to end (an invocation timed out on a 2-GPU many-models
         variant). Admitting every function, as FaasCache does, changed the cold starts by 3 % (133 -> 137
         on many-models, 140 -> 142 at a 600 s keep-alive) and starves no request."""
-        return [i for _, _, i in sorted(((self.priority(i, now_ns), i.id, i) for i in candidates), key=lambda t: (t[0], t[1]))]
+        return sorted(candidates, key=lambda i: (self.priority(i, now_ns), i.id))
 
     def evicted(self, inst: Instance, live_left: int, now_ns: int) -> None:
         """The clock rises to the evicted priority; the function's frequency restarts when none is left."""
