@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections import deque
+from dataclasses import replace
+
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -10,9 +13,10 @@ from gpufaas.loadgen.simdriver import run_scenario
 from gpufaas.platform.clock import NS_PER_MS, NS_PER_S
 from gpufaas.platform.decisions import Decisions, Start
 from gpufaas.platform.errors import UserError
+from gpufaas.platform.runtime import InstanceState
 from gpufaas.platform.policy.esg import EsgPolicy, transfer_estimates_ns
-from gpufaas.platform.policy.esg_plan import capacity_needed_rps
-from gpufaas.platform.policy.esg_rates import Load, observe
+from gpufaas.platform.policy.esg_plan import PoolTarget, capacity_needed_rps
+from gpufaas.platform.policy.esg_rates import Load, beyond_chance, observe
 from gpufaas.platform.policy.registry import make_policy
 from tests.conftest import SCENARIOS
 from tests.helpers import chain, controller, function
@@ -248,3 +252,48 @@ def test_under_contention_a_job_without_time_for_the_planned_later_stages_is_she
     clock.run(until_ns=clock.now_ns() + 5 * NS_PER_S)
     assert [i.status.name for i in invs] == ["REJECTED"] * len(invs)
     assert all(i.reason.startswith("shed") for i in invs)
+
+
+@pytest.mark.parametrize("mean,below,beyond", [(0.0, 0, 1), (0.58, 2, 3), (1.0, 3, 4), (10.0, 17, 18),
+                                                (1000.0, 1064, 1065)])
+def test_shed_evidence_is_a_poisson_tail_at_the_rate_intervals_confidence(mean, below, beyond):
+    """P(K >= k) for a Poisson K of the given mean (scipy.stats.poisson.sf(k - 1, mean)): 0.115 and 0.021 at
+    0.58 (2, 3); 0.080 and 0.019 at 1 (3, 4); 0.027 and 0.014 at 10 (17, 18); 0.0232 and 0.0215 at 1000
+    (1064, 1065: e^-1000 underflows a double, the sum must not start there); the line is 0.02275."""
+    assert not beyond_chance(below, mean) and beyond_chance(beyond, mean)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 3000), st.floats(0, 2000))
+def test_shed_evidence_grows_with_the_count_and_shrinks_with_the_mean(count, mean):
+    """Monotone both ways, across the shortcut that answers counts far above the mean without the sum."""
+    if beyond_chance(count, mean):
+        assert beyond_chance(count + 1, mean) and (mean < 1 or beyond_chance(count, mean * 0.99))
+    else:
+        assert not beyond_chance(count, mean + 1)
+
+
+def test_a_pool_grows_on_more_sheds_than_its_miss_budget_allows_not_on_one():
+    """Sheds are evidence that a pool is short only beyond the miss budget it was sized for: one shed in
+    a cold start's time does not count, a run of them does; sheds older than a cold start are forgotten,
+    and so is everything a function shed while an instance of it was starting."""
+    policy = EsgPolicy()
+    ctl, clock, _ = controller(policy, gpus=1, functions=[function("f", "preprocess")], workflows=[chain("w", ["f"])])
+    ctl.submit("w")
+    clock.run(until_ns=10 * NS_PER_S)  # the pool up and idle
+    view, now = ctl.view, clock.now_ns()
+    (inst,) = [i for i in ctl.instances.values() if i.function.name == "f"]
+    window_ns = view.cold_start_ns("f", inst.gpu)
+    plan = ctl.state["plans"]["w"].choices[0]
+    tg = PoolTarget("f", inst.gpu.type_name, plan.batch, plan.units, plan.latency_ns, 1.0, 1.0, 1.0, plan.wait_ns,
+                    plan.batch, 100.0)  # 100 rps: a 1 % budget allows about one shed per second of window
+    allowed = 0.01 * 100.0 * window_ns / NS_PER_S
+    shed = {"f": deque([(now, 1)])}
+    assert policy._shed_short(view, now, shed, {"f": tg}) == set() and shed == {"f": deque([(now, 1)])}
+    many = int(allowed + 4 * allowed ** 0.5) + 3
+    shed = {"f": deque([(now - window_ns, 1000), (now, many)])}
+    assert policy._shed_short(view, now, shed, {"f": tg}) == {"f"}
+    assert shed == {"f": deque([(now, many)])}  # what fell out of the window is gone
+    assert policy._shed_short(view, now, shed, {"f": replace(tg, rate_rps=100.0 * many)}) == set()
+    inst.state = InstanceState.STARTING
+    assert policy._shed_short(view, now, shed, {"f": tg}) == set() and shed == {}

@@ -18,7 +18,8 @@ old one as it goes idle.
   pool is sized for and its own run) while more jobs wait than one round of all its instances takes
   grows at once to the rate its queue shows (queued jobs over the oldest one's wait), not after the
   rate average has caught up: the plan is being missed, whatever the estimate says. Jobs shed for
-  contention count the same way (shedding keeps the queue short and would hide the backlog).
+  contention, more than the plan allows, count the same way (shedding keeps the queue short and would
+  hide the backlog).
 - **Release** (ski rental): a surplus instance (the rest still cover the need at the upper end of the
   rate's confidence interval, `PoolTarget.keep_rps`; at the estimate itself for an instance of a
   configuration the plan has left) is *draining*: the
@@ -124,10 +125,10 @@ def _place(view: ClusterView, room: Room, tg: PoolTarget, mb: float, near: set[s
 
 
 def reconcile(view: ClusterView, now_ns: int, targets: dict[str, PoolTarget], waited: dict[str, tuple[int, int]],
-              shed: dict[str, int], room: Room, protect: set[int], actions: list, surplus_since: dict[str, int]) -> set[int]:
+              shed: set[str], room: Room, protect: set[int], actions: list, surplus_since: dict[str, int]) -> set[int]:
     """Grow, release and reclaim (module docstring). `waited`: per function, how long its oldest queued
-    job has waited and how many jobs are queued; `shed`: per function, jobs shed for contention since
-    the last sizing; `protect`:
+    job has waited and how many jobs are queued; `shed`: the functions that shed more jobs for contention
+    than their plan allows (`esg.EsgPolicy._shed_short`); `protect`:
     instances given work in this pass (never stopped); `surplus_since`: per function, since when it has
     had more than it needs (the policy's state, updated). Returns the draining instances (surplus to
     their function's need), which the dispatcher gives work only when no other instance is idle."""
@@ -174,11 +175,12 @@ def reconcile(view: ClusterView, now_ns: int, targets: dict[str, PoolTarget], wa
                 k = max(k, math.ceil((floor_rps - have[f]) / per - 1e-9))
         # NOTE: jobs shed for contention are demand the pool did not serve, and shedding keeps the
         # queue short, so it hides the backlog above. The need is taken at the lower end of the
-        # rate's interval so that noise in the estimate does not grow the pool; a shed is evidence
-        # that it is short, so while jobs are shed the pool grows to the need at the estimate itself
+        # rate's interval so that noise in the estimate does not grow the pool; more sheds than the plan
+        # allows (its miss budget, `esg.EsgPolicy._shed_short`) are evidence that it is short, so while
+        # they come the pool grows to the need at the estimate itself
         # (one instance per sizing, none starting; on a saturated cluster there is no room and
         # nothing changes). Jobs shed while its instances cold-start are not: those count as capacity.
-        if shed.get(f) and have[f] < tg.mid_rps and not any(i.state == _STARTING for i in live[f]):
+        if f in shed and have[f] < tg.mid_rps and not any(i.state == _STARTING for i in live[f]):
             k = max(k, 1)
         if k > 0:
             want[f] = k

@@ -117,3 +117,33 @@ def entry_arrivals(wf) -> int:
     """Invocations that reached `wf` so far: the largest arrival counter among its entry stages' queues
     (every entry stage gets each invocation once)."""
     return max(wf.stages[e].queue.arrivals for e in wf.entries)
+
+
+# NOTE: the one-sided tail of two standard errors of a normal: the confidence the rate's interval uses
+# (`upper_rate_rps`), so a count is called significant at the same odds as a rate
+TAIL = 0.02275
+
+
+def beyond_chance(count: int, mean: float) -> bool:
+    """Whether `count` events are more than a Poisson count of mean `mean` would give by chance, at the
+    rate interval's confidence: P(K >= count) < `TAIL`, summed exactly from P(K = count) up (in logs, so
+    a large mean does not underflow). `esg.EsgPolicy` asks it of the jobs a pool shed against those its
+    plan allows."""
+    if count <= 0:
+        return False
+    if mean <= 0:
+        return True
+    if count <= mean:
+        return False  # a Poisson's median is at least mean - ln 2, so P(K >= count) >= 1/2 here
+    j = count
+    p = math.exp(count * math.log(mean) - mean - math.lgamma(count + 1))  # P(K = count)
+    tail = 0.0
+    while True:
+        tail += p
+        if tail >= TAIL:
+            return False
+        j += 1
+        r = mean / j  # < 1 and falling: what is left is at most a geometric series of ratio r
+        p *= r
+        if tail + p / (1.0 - r) < TAIL:
+            return True
