@@ -32,9 +32,12 @@ test: install
 	$(BIN)/mypy -p gpufaas.platform -p gpufaas.gateway -p gpufaas.loadgen
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
-# unit and property tests, under a minute: no subprocess gateways, Docker, Ray or long simulations
+# unit and property tests, under a minute: no subprocess gateways, Docker, Ray or long simulations.
+# NOTE: one pytest worker per core (xdist), each with one torch/OpenMP thread, so processes x
+# threads stays at the core count; the full `make test` stays serial, since its live gateways,
+# Docker and Ray tests size their own processes to the machine.
 test-fast: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow and not live and not docker and not ray and not gpu" -x
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n auto -m "not slow and not live and not docker and not ray and not gpu" -x
 
 # the wheel, installed into a clean venv outside the checkout, runs sim, up, deploy and invoke
 package-check: install

@@ -608,7 +608,8 @@ class Platform:
                 for g in ctl.gpus]
         insts = [{"id": i.id, "function": name(i.function.name), "gpu": i.gpu.id, "share": i.share, "max_batch": i.max_batch,
                   "state": i.state.name.lower(), "stopping": i.stopping, "batches_run": i.batches_run,
-                  "backlog": len(i.backlog), "cold_start_ms": round(i.cold_start_ns / 1e6, 3)}
+                  "backlog": len(i.backlog), "cold_start_ms": round(i.cold_start_ns / 1e6, 3),
+                  "start_reason": i.start_reason}
                  for i in ctl.instances.values() if mine(i.function.name)]
         queues = [{"workflow": name(wf.name), "stage": s.name, "function": name(s.function), "length": len(s.queue.jobs),
                    "rate_per_s": round(s.queue.rate_per_s, 3)} for wf in ctl.workflows.values() if mine(wf.name) for s in wf.stages]

@@ -67,7 +67,7 @@ import numpy as np
 
 from gpufaas.loadgen.driver import COMPLETED, LiveRun, Record
 from gpufaas.loadgen.scenario import Scenario
-from gpufaas.platform.backends.process import Costs
+from gpufaas.platform.backends.process import Costs, Started
 from gpufaas.platform.backends.sim import SimBackend
 from gpufaas.platform.clock import NS_PER_MS, NS_PER_S, Clock, VirtualClock
 from gpufaas.platform.errors import UserError
@@ -165,14 +165,14 @@ class LiveCosts:
     """What the live backend's own path cost in one run, as the simulated run replays it, per function in
     time order: each batch's measured extra time beyond its profiled execution (`Costs.dispatch_ns`) and each
     instance's measured cold start (Start -> ready); and the median cold start of all, for a function the
-    live run never started; `started`: (function, share units) of each instance the live policy started,
-    in order (not replayed: `diagnostics.instances_started` compares it with the simulated run's); `send_lag_ns`:
+    live run never started; `started`: each instance the live policy started, in order, its time from the
+    workload's start (not replayed: `diagnostics.instances_started` compares it with the simulated run's); `send_lag_ns`:
     each invocation's live send lag, replayed as the delay of its simulated arrival (`with_send_lags`)."""
 
     dispatch: dict[str, Series]
     cold_start: dict[str, Series]
     cold_start_median_ns: int | None
-    started: tuple[tuple[str, int], ...] = ()
+    started: tuple[Started, ...] = ()
     send_lag_ns: dict[tuple[int, int], int] = field(default_factory=dict)
     """(scheduled ns, target) -> how late the live driver sent that invocation (`Record.lag_ns`); see `lag_at`."""
 
@@ -192,7 +192,7 @@ class LiveCosts:
         colds = sorted(ns for _, _, ns in costs.cold_start_ns)
         return cls({fn: Series.of(xs) for fn, xs in sorted(batches.items())},
                    {fn: Series.of(xs) for fn, xs in sorted(starts.items())}, colds[len(colds) // 2] if colds else None,
-                   tuple(costs.started))
+                   tuple(s._replace(start_ns=s.start_ns - origin_ns) for s in costs.started))
 
     def with_send_lags(self, records: Iterable[Record]) -> "LiveCosts":
         """These costs and each record's send lag. NOTE: the driver's sends are timers on the gateway's own
@@ -235,15 +235,15 @@ class LiveCosts:
 
 class RecordingSimBackend(SimBackend):
     """The sim backend (the shipped model, unchanged) that also records each instance the policy starts,
-    as (function, share units) in order, in `started` (`diagnostics.instances_started`).
+    in order, in `started` (`diagnostics.instances_started`).
     Who builds it: `run_sim` (through `run_scenario(sim_backend=...)`)."""
 
     def __init__(self, clock: Clock) -> None:
         super().__init__(clock)
-        self.started: list[tuple[str, int]] = []
+        self.started: list[Started] = []
 
     def start(self, inst: Instance) -> None:
-        self.started.append((inst.function.name, inst.share_units))
+        self.started.append(Started(inst.function.name, inst.share_units, inst.start_reason, inst.start_ns))
         super().start(inst)
 
 
@@ -262,7 +262,7 @@ class MeasuredSimBackend(RecordingSimBackend):
         self.costs = costs
 
     def start(self, inst: Instance) -> None:
-        self.started.append((inst.function.name, inst.share_units))
+        self.started.append(Started(inst.function.name, inst.share_units, inst.start_reason, inst.start_ns))
         now = self.clock.now_ns()
         cold_ns = self.costs.cold_start_at(inst.function.name, now)
         if cold_ns is None:
@@ -280,11 +280,11 @@ class MeasuredSimBackend(RecordingSimBackend):
 
 
 def run_sim(sc: Scenario, policy: str, load: float, seed: int, costs: LiveCosts | None = None,
-            started: list[tuple[str, int]] | None = None) -> tuple[dict, list[Sample]]:
+            started: list[Started] | None = None) -> tuple[dict, list[Sample]]:
     """The simulator's report and the samples of its comparison window (invocations that arrived after the
     warm-up), from each invocation as it ended or was refused by the gateway's queue bound (applied here as
     live); with `costs`, on `MeasuredSimBackend` (else the shipped model, `RecordingSimBackend`). `started`,
-    when given, gets (function, share units) of each instance the simulated policy started, in order."""
+    when given, gets each instance the simulated policy started, in order."""
     from gpufaas.loadgen.simdriver import run_scenario
 
     warmup_end_ns = int(sc.effective_warmup_s() * NS_PER_S)
@@ -401,16 +401,21 @@ def _pct(xs: list[float]) -> dict | None:
     return {"p50": round(float(p50), 3), "p99": round(float(p99), 3), "max": round(float(max(xs)), 3)}
 
 
-def pools(sim: Iterable[tuple[str, int]], live: Iterable[tuple[str, int]] | None) -> dict[str, dict]:
+def pools(sim: Iterable[Started], live: Iterable[Started] | None) -> dict[str, dict]:
     """`diagnostics.instances_started`: per function (sorted), the share units of each instance that the
     policy started on each side, in start order (whole run, warm-up included; `live` None: not measured,
-    the inproc backend). Both sides run the same policy on the same arrivals, so a difference here means
-    its decisions parted (different timings seen, e.g. a rate estimate), and a pool of another size meets
-    the next burst: the usual cause of a tail that differs while the per-batch costs agree. Pure."""
+    the inproc backend), and in `why` each start as [seconds from the workload's start, share units, the
+    policy's reason (`Start.reason`)]. Both sides run the same policy on the same arrivals, so a difference
+    here means its decisions parted (different timings seen, e.g. a rate estimate), and a pool of another
+    size meets the next burst: the usual cause of a tail that differs while the per-batch costs agree; the
+    reason and time of the first start that only one side made say which rule parted them. Pure."""
     out: dict[str, dict] = {}
     for side, xs in (("sim", sim), ("live", live or ())):
-        for fn, units in xs:
-            out.setdefault(fn, {"sim": [], "live": [] if live is not None else None})[side].append(units)
+        for s in xs:
+            d = out.setdefault(s.function, {"sim": [], "live": [] if live is not None else None,
+                                            "why": {"sim": [], "live": [] if live is not None else None}})
+            d[side].append(s.share_units)
+            d["why"][side].append([round(s.start_ns / NS_PER_S, 3), s.share_units, s.reason])
     return {fn: out[fn] for fn in sorted(out)}
 
 
@@ -455,7 +460,7 @@ def run_fidelity(scenario_path: str | Path, *, duration_s: float, policy: str = 
     seed = sc.seed if seed is None else seed
     with tempfile.TemporaryDirectory(prefix="gpufaas-fidelity-") as tmp:
         run, costs = asyncio.run(run_live(sc, path, policy, load, seed, backend, Path(tmp)))
-    sim_started: list[tuple[str, int]] = []
+    sim_started: list[Started] = []
     report, sim_samples = run_sim(sc, policy, load, seed, costs if sim_model == "measured" else None, sim_started)
     live = live_samples(run, warmup_s)
     per = compare(side_stats(sim_samples), side_stats(live))

@@ -548,16 +548,18 @@ class Controller:
             if taken is None:
                 return
             jobs = taken
-        self._launch(fn, gpu, a.share_units, a.max_batch, mem, jobs)
+        self._launch(fn, gpu, a.share_units, a.max_batch, mem, jobs, a.reason)
 
     def _launch(self, fn: FunctionRt, gpu: Gpu, units: int, max_batch: int, mem: float, jobs: list[Job],
-                prewarm: bool = False) -> Instance:
-        """Book room on `gpu` (the caller checked it fits) and start an instance; `jobs` form its first batch."""
+                reason: str, prewarm: bool = False) -> Instance:
+        """Book room on `gpu` (the caller checked it fits) and start an instance; `jobs` form its first batch;
+        `reason`: why (`Start.reason`)."""
         now = self.clock.now_ns()
         gpu.free_units -= units
         gpu.free_mb -= mem
         inst = Instance(next(self._ids), fn, gpu, units, max_batch, mem, now)
         inst.prewarm = prewarm
+        inst.start_reason = reason
         gpu.instance_ids.add(inst.id)
         self.instances[inst.id] = inst
         self.tenancy.hold(inst, 1)
@@ -676,7 +678,7 @@ class Controller:
         gpu = self._place(fn, evict=True)
         if gpu is None or self.tenancy.check_start(fn, gpu, need[1]):
             return False
-        self._launch(fn, gpu, need[1], need[2], need[3], [], prewarm=prewarm)
+        self._launch(fn, gpu, need[1], need[2], need[3], [], "prewarm" if prewarm else "min_instances", prewarm=prewarm)
         return True
 
     def _top_up(self, fn: FunctionRt) -> None:

@@ -327,7 +327,7 @@ class Instance:
 
     __slots__ = ("id", "function", "gpu", "share_units", "max_batch", "memory_mb", "state", "start_ns", "ready_ns",
                  "idle_since_ns", "backlog", "current", "expiry", "stopping", "batches_run", "cold_start_ns", "info",
-                 "idle_ttl_ns", "prewarm", "_lat_ns")
+                 "idle_ttl_ns", "prewarm", "start_reason", "_lat_ns")
 
     def __init__(self, inst_id: int, function: FunctionRt, gpu: Gpu, share_units: int, max_batch: int, memory_mb: float, now_ns: int) -> None:
         self.id = inst_id
@@ -345,6 +345,7 @@ class Instance:
         self.expiry: int | None = None  # when its armed keep-alive timer fires (None: none armed)
         self.idle_ttl_ns = 0  # how long it may stay idle this time (the residency policy's answer when it went idle)
         self.prewarm = False  # started ahead of a predicted arrival and has run nothing yet
+        self.start_reason = ""  # why it was started (`Start.reason`; "prewarm", "min_instances" for the residency's)
         self.stopping = False
         self.batches_run = 0
         self.cold_start_ns = 0

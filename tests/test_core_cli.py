@@ -72,6 +72,7 @@ def test_workflow_with_cycle_and_unknown_function(tmp_path):
     assert p.returncode == 2 and "unknown function 'resnet50'" in p.stderr, p.stderr
 
 
+@pytest.mark.slow  # runs every `bench sim` workload, SimFaaS's too
 def test_bench_sim_json_shape():
     p = run("bench", "sim", "--duration", "2", "--requests", "500", "--json")
     assert p.returncode == 0, p.stderr

@@ -194,6 +194,7 @@ def test_goodput_under_overload_does_not_collapse():
     assert good[4.0] >= good[1.0]
 
 
+@pytest.mark.slow  # a 30 s saturated simulation
 def test_a_saturated_bottleneck_replaces_its_fragment_fills_with_the_planned_share():
     """image-classify on 4 V100s (synthetic fixture) at twice what they can serve: ResNet-50 is the
     bottleneck, and while the load ramps up its pool gets a smaller share wherever a fragment was free
@@ -297,3 +298,78 @@ def test_a_pool_grows_on_more_sheds_than_its_miss_budget_allows_not_on_one():
     assert policy._shed_short(view, now, shed, {"f": replace(tg, rate_rps=100.0 * many)}) == set()
     inst.state = InstanceState.STARTING
     assert policy._shed_short(view, now, shed, {"f": tg}) == set() and shed == {}
+
+
+def test_each_start_says_which_rule_asked_for_it():
+    """`Start.reason` names the rule that set the function's want: the need at the rate's lower end, the
+    backlog floor or the sheds beyond the miss budget; the controller keeps it on the instance."""
+    from gpufaas.platform.policy.esg_pool import Room, reconcile, throughput_rps
+
+    policy = EsgPolicy()
+    ctl, clock, _ = controller(policy, gpus=2, functions=[function("f", "preprocess")], workflows=[chain("w", ["f"])])
+    ctl.submit("w")
+    clock.run(until_ns=10 * NS_PER_S)  # the pool up and idle
+    view, now = ctl.view, clock.now_ns()
+    (inst,) = ctl.instances.values()
+    assert inst.start_reason == "need"
+    plan = ctl.state["plans"]["w"].choices[0]
+    per = plan.batch * NS_PER_S / plan.latency_ns  # one planned instance's throughput
+    one = throughput_rps(inst, PoolTarget("f", inst.gpu.type_name, plan.batch, plan.units, plan.latency_ns, per, per,
+                                          per, plan.wait_ns, plan.batch, per))  # the live instance's, at the plan's batch
+
+    def starts(need_rps, mid_rps, waited=None, shed=frozenset(), f_instances=True):
+        tg = PoolTarget("f", inst.gpu.type_name, plan.batch, plan.units, plan.latency_ns, need_rps, mid_rps, need_rps,
+                        plan.wait_ns, plan.batch, mid_rps)
+        actions: list = []
+        v = view
+        if not f_instances:
+            inst.stopping = True  # not counted as live by reconcile
+        try:
+            reconcile(v, now, {"f": tg}, waited or {}, set(shed), Room(v), {inst.id}, actions, {})
+        finally:
+            inst.stopping = False
+        return [(a.reason, a.function) for a in actions if isinstance(a, Start)]
+
+    assert starts(0.5 * one, 0.5 * one) == []  # covered: nothing to start
+    assert starts(one + 0.5 * per, one + 0.5 * per) == [("need", "f")]
+    # covered at the lower end, short at the estimate: only sheds beyond the budget grow it
+    assert starts(0.5 * one, 2 * one) == []
+    assert starts(0.5 * one, 2 * one, shed={"f"}) == [("shed", "f")]
+    # a queue that waited past the plan and holds more than a round of every instance: its floor rate
+    wait_ns = plan.wait_ns + plan.latency_ns + 100 * NS_PER_MS
+    queued = int(3 * one * wait_ns / NS_PER_S) + inst.max_batch + 1  # three times what the pool clears meanwhile
+    floor_rps = queued * NS_PER_S / wait_ns
+    assert floor_rps > one
+    assert {r for r, _ in starts(0.5 * one, 0.5 * one, waited={"f": (wait_ns, queued)})} == {"backlog"}
+    # no live instance: the need at the lowest rate the plan assumes (`esg_plan.MIN_RATE_RPS`) starts one
+    assert starts(1e-3, 1e-3, waited={"f": (1, 1)}, f_instances=False) == [("need", "f")]
+    # the controller keeps the reason on the instance it starts
+    ctl.apply(Decisions((Start("f", 1, plan.units, plan.batch, reason="shed"),)))
+    assert [i.start_reason for i in ctl.instances.values() if i.id != inst.id] == ["shed"]
+
+
+def test_only_sheds_after_the_pool_was_up_of_invocations_without_a_cold_start_are_evidence():
+    """A job that queued while its function's newest instance cold-started, or whose invocation waited on a
+    cold start at any stage, lost its time to that cold start: shedding it says nothing of the pool's size.
+    A job that came late otherwise (an earlier stage's backlog) still counts."""
+    from gpufaas.platform.policy.esg_dispatch import shed_evidence
+    from gpufaas.platform.runtime import Invocation, Job
+
+    ctl, clock, _ = controller(EsgPolicy(), gpus=1, functions=[function("f", "preprocess")], workflows=[chain("w", ["f"])])
+    first = ctl.submit("w")
+    clock.run(until_ns=10 * NS_PER_S)
+    (inst,) = ctl.instances.values()
+    up_ns = inst.ready_ns
+    assert first.cold_waited and up_ns > first.arrival_ns  # the first job waited on the cold start
+    wf = ctl.workflows["w"]
+    stage = wf.stages[0]
+
+    def job(enq_ns: int, cold: bool, late_ns: int = 0) -> Job:
+        inv = Invocation(10_000 + enq_ns, wf, enq_ns - late_ns, wf.slo_ns)
+        inv.cold_waited = cold
+        return Job(10_000 + enq_ns, inv, stage, stage.queue, enq_ns)
+
+    before, after, after_cold = job(up_ns - 1, False), job(up_ns, False), job(up_ns + 5, True)
+    assert shed_evidence(ctl.view, "f", []) == 0
+    assert shed_evidence(ctl.view, "f", [before, after, after_cold]) == 1
+    assert shed_evidence(ctl.view, "f", [after, job(up_ns + 7, False, late_ns=wf.slo_ns - 1)]) == 2

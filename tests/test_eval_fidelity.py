@@ -201,7 +201,8 @@ def test_process_backend_measures_its_costs(tmp_path: Path):
         (inst,) = ctl.instances.values()  # one instance served the five, one after another
         assert fn == "echo" and start_ns == inst.start_ns and 0 < cold_ns <= inst.cold_start_ns
         assert [(f, n) for f, n, _, _ in be.costs.dispatch_ns] == [("echo", 1)] * 5
-        assert list(be.costs.started) == [("echo", inst.share_units)]  # what the policy started, as started
+        # what the policy started, as started, with the policy's reason and the start time
+        assert list(be.costs.started) == [("echo", inst.share_units, inst.start_reason, inst.start_ns)]
         for inv, (_, _, start_ns, extra_ns) in zip(invs, be.costs.dispatch_ns):
             s, e = inv.stage_ns[0]
             assert s == start_ns and extra_ns >= 0  # the worker holds at least the profiled 2 ms
@@ -211,16 +212,24 @@ def test_process_backend_measures_its_costs(tmp_path: Path):
 
 
 def test_instances_started_per_side():
-    sim, live = [("b", 2), ("a", 3), ("b", 4)], [("a", 3), ("c", 1)]
-    assert F.pools(sim, live) == {"a": {"sim": [3], "live": [3]}, "b": {"sim": [2, 4], "live": []},
-                                  "c": {"sim": [], "live": [1]}}
-    assert F.pools(sim, None)["b"] == {"sim": [2, 4], "live": None}  # inproc: the live side is not measured
-    started: list[tuple[str, int]] = []
+    S = F.Started
+    sim = [S("b", 2, "need", 0), S("a", 3, "need", 1_500_000_000), S("b", 4, "shed", 2_000_000_000)]
+    live = [S("a", 3, "need", 1_400_000_000), S("c", 1, "", 0)]
+    out = F.pools(sim, live)
+    assert {fn: (d["sim"], d["live"]) for fn, d in out.items()} == {"a": ([3], [3]), "b": ([2, 4], []), "c": ([], [1])}
+    assert out["b"]["why"] == {"sim": [[0.0, 2, "need"], [2.0, 4, "shed"]], "live": []}
+    assert out["a"]["why"]["live"] == [[1.4, 3, "need"]]
+    assert F.pools(sim, None)["b"]["live"] is None  # inproc: the live side is not measured
+    started: list[F.Started] = []
     sc = load_scenario(resolve_scenario("chain", "--scenario")).model_copy(update={"duration_s": 6.0, "warmup_s": 1.0})
     report, _ = F.run_sim(sc, "esg", 0.25, 1, started=started)
     # every stage's pool started (chain: preprocess -> resnet50); the report counts the starts after the warm-up
-    assert {f for f, _ in started} == {"preprocess", "resnet50"} and len(started) >= report["cold_starts"]
-    assert all(units >= 1 for _, units in started)
+    assert {s.function for s in started} == {"preprocess", "resnet50"} and len(started) >= report["cold_starts"]
+    assert all(s.share_units >= 1 for s in started)
+    # esg says why: each function's first instance, with nothing running yet, is its need
+    firsts = {s.function: s for s in reversed(started)}
+    assert {s.reason for s in firsts.values()} == {"need"}, firsts
+    assert all(s.reason for s in started) and [s.start_ns for s in started] == sorted(s.start_ns for s in started)
 
 
 class _SlowPass:
@@ -319,3 +328,22 @@ workload:
         assert lv["client_p50_ms"] >= lv["p50_ms"]  # the client side adds the HTTP path
         assert set(s) >= {"slo_hit_rate", "p50_ms", "p99_ms"} and set(lv) >= {"slo_hit_rate", "p50_ms", "p99_ms"}
         assert d["diff"]["p50_ms"] == pytest.approx(lv["p50_ms"] - s["p50_ms"], abs=1e-3)
+
+
+def test_the_report_names_the_rule_behind_each_start_where_the_pools_parted(capsys):
+    from gpufaas.gateway.cli.fidelity_cmd import print_report
+
+    S = F.Started
+    pools = F.pools([S("vit-b16", 2, "need", 18_000_000)],
+                    [S("vit-b16", 2, "need", 31_000_000), S("vit-b16", 3, "shed", 1_232_000_000)])
+    same = {"slo_hit_rate": 1.0, "p50_ms": 30.0, "p99_ms": 90.0, "invocations": 10, "refused": 0}
+    doc = {"scenario": "video", "policy": "esg", "load": 1.0, "seed": 1, "duration_s": 30.0, "backend": "process",
+           "sim_model": "measured", "warmup_s": 3.0, "sim_decision_us": {"p99": 100.0},
+           "per_workflow": {"video-analytics": {"sim": same, "live": same, "within_targets": True,
+                                                "diff": {"slo_hit_rate": 0.0, "p50_rel": 0.0, "p99_rel": 0.0}}},
+           "diagnostics": {"loop_lateness_ms": None, "http_path_ms": None, "decision_us": None, "live_errors": {},
+                           "sim_model": None, "instances_started": pools}}
+    print_report(doc)
+    out = capsys.readouterr().out
+    assert "vit-b16 [2] / [2, 3]" in out
+    assert "vit-b16 live: 0.031 s 2 (need), 1.232 s 3 (shed)" in out and "vit-b16 sim: 0.018 s 2 (need)" in out

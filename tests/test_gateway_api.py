@@ -108,6 +108,8 @@ async def test_list_get_cluster_usage_metrics_openapi(client):
     assert len(cl["gpus"]) == 4 and cl["instances"] and {q["stage"] for q in cl["queues"]} == {"preprocess", "classify"}
     used = sum(g["share_in_use"] for g in cl["gpus"])
     assert used == pytest.approx(sum(i["share"] for i in cl["instances"]))
+    # esg says why it started each instance (", fragment": a smaller share than planned)
+    assert {i["start_reason"].split(",")[0] for i in cl["instances"]} <= {"need", "consolidate", "backlog", "shed"}
     u = await (await client.get("/v1/usage")).json()
     # esg may reject an invocation that a cold start would make late: every one ended, most completed
     assert u["invocations"] == 3 and u["completed"] + u["rejected"] == 3 and u["completed"] >= 1 and u["cold_starts"] >= 2

@@ -56,6 +56,10 @@ def print_report(doc: dict) -> None:
     if parted:
         con.print("instances started (share units, sim / live), where the policies parted: "
                   + "; ".join(f"{fn} {d['sim']} / {d['live']}" for fn, d in parted.items()), highlight=False)
+        for fn, d in parted.items():
+            for side in ("sim", "live"):
+                con.print(f"  {fn} {side}: " + ", ".join(f"{t:g} s {u} ({r or '-'})" for t, u, r in d["why"][side]),
+                          highlight=False)
 
 
 @click.command("fidelity")

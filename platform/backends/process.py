@@ -39,7 +39,7 @@ import tempfile
 import time
 from collections import deque
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 from gpufaas.platform import wire
 from gpufaas.platform.bundle import BundleError, Sandbox, kill_sandbox, open_dir, require_spec_file, sandbox_uid, share_read_only
@@ -59,6 +59,17 @@ ADDRESS_SPACE_BASE_MB = {"emulated": 1024, "real": 4096}  # interpreter + numpy 
 log = logging.getLogger("gpufaas.process")
 
 
+class Started(NamedTuple):
+    """One instance a policy started: its function, share units, `Instance.start_reason` and start time (ns, on
+    the clock of whoever records it). Who records it: the process backend (`Costs.started`) and fidelity's
+    simulated backends. Who reads it: `loadgen.fidelity.pools`."""
+
+    function: str
+    share_units: int
+    reason: str
+    start_ns: int
+
+
 class Costs:
     """What the backend's own path costs, measured on every batch and start (`gpufaas fidelity` feeds them
     to the simulator's model; the last `MAX_COST_SAMPLES` of each are kept).
@@ -68,8 +79,8 @@ class Costs:
     hold (`emulated`) or the worker's measured execution (`real`): framing, the socket both ways, the
     worker's wake-up and its hold's overshoot, the event loop's hops. `cold_start_ns`: (function, start_ns,
     cold_ns) per instance: its start on the backend's clock and its cold start as the controller sees it,
-    Start -> READY (sandbox set-up, spawn, imports, first batch). `started`: (function, share units) per
-    instance asked for, in order (what the policy started: fidelity compares the pools of both sides).
+    Start -> READY (sandbox set-up, spawn, imports, first batch). `started`: a `Started` per instance asked
+    for, in order (what the policy started and why: fidelity compares the pools of both sides).
     Who writes it: the process backend. Who reads it: `loadgen.fidelity`."""
 
     __slots__ = ("dispatch_ns", "cold_start_ns", "started")
@@ -77,7 +88,7 @@ class Costs:
     def __init__(self) -> None:
         self.dispatch_ns: deque[tuple[str, int, int, int]] = deque(maxlen=MAX_COST_SAMPLES)
         self.cold_start_ns: deque[tuple[str, int, int]] = deque(maxlen=MAX_COST_SAMPLES)
-        self.started: deque[tuple[str, int]] = deque(maxlen=MAX_COST_SAMPLES)
+        self.started: deque[Started] = deque(maxlen=MAX_COST_SAMPLES)
 
 
 class _Worker:
@@ -156,7 +167,7 @@ class ProcessBackend:
         """Spawn the worker; READY -> on_instance_ready, a failed start -> on_instance_failed."""
         w = _Worker(inst)
         self._workers[inst.id] = w
-        self.costs.started.append((inst.function.name, inst.share_units))
+        self.costs.started.append(Started(inst.function.name, inst.share_units, inst.start_reason, inst.start_ns))
         w.watch = asyncio.get_running_loop().create_task(self._spawn(w))
         self._spawn_tasks.add(w.watch)
         w.watch.add_done_callback(self._spawn_tasks.discard)

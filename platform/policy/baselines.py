@@ -306,7 +306,7 @@ class PoolPolicy:
                     continue  # no room for this function this tick
                 free_u[gpu] -= cfg.share_units
                 free_m[gpu] -= cfg.memory_mb
-                actions.append(Start(fname, gpu, cfg.share_units, cfg.batch))
+                actions.append(Start(fname, gpu, cfg.share_units, cfg.batch, reason="need"))
                 if pending[fname]:
                     nxt.append(fname)
             order = nxt

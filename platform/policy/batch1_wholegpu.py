@@ -170,7 +170,7 @@ class Batch1WholeGpu:
                 units = whole_units(fn, gpu.type_name)
                 free_u[gpu.id] -= units
                 free_m[gpu.id] -= fn.tables[gpu.type_name].memory_mb(1)
-                actions.append(Start(fname, gpu.id, units, 1))
+                actions.append(Start(fname, gpu.id, units, 1, reason="queue"))
                 starting += 1
                 n_live += 1
         return Decisions(tuple(actions)), Batch1State(reserved, now_ns + SCALE_TICK_NS, samples)

@@ -109,7 +109,8 @@ class EsgPolicy:
         `plans`: per workflow, its current `WorkflowPlan`; `next_tick_ns`: when to observe and size next;
         `draining`: instance ids surplus to their pool at the last sizing (`esg_pool.reconcile`);
         `surplus_since`: per function, since when it has had a surplus; `shed`: per function, (time, jobs) of
-        each pass that shed jobs for contention within its evidence window (`_shed_short`).
+        each pass that shed jobs for contention that are evidence of a short pool
+        (`esg_dispatch.shed_evidence`), within its evidence window (`_shed_short`).
 
         NOTE: the state dict is the policy's own and is updated in place and returned (the controller
         stores it and hands it back); nothing of the controller's is kept in it except workflow objects,
@@ -164,7 +165,8 @@ class EsgPolicy:
         function (the time a start made now takes to serve), more sheds than a Poisson count of mean
         `miss_budget x its rate x that time` gives by chance (`esg_rates.beyond_chance`). Updates `shed`:
         drops what fell out of the window, and everything of a function whose pool has an instance
-        starting (jobs shed while capacity cold-starts are not evidence that it lacks more).
+        starting (jobs shed while capacity cold-starts are not evidence that it lacks more; nor, as
+        `esg_dispatch.shed_evidence` counts them, are jobs that queued through a cold start).
 
         NOTE: the pools are sized so that a job waits past its plan with probability at most the miss
         budget, so that many sheds are the plan working, not the pool short. Growing on any one shed

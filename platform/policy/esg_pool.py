@@ -144,6 +144,7 @@ def reconcile(view: ClusterView, now_ns: int, targets: dict[str, PoolTarget], wa
     for f, tg in targets.items():
         _release(view, now_ns, tg, live[f], have, protect, stopped, room, actions, draining, surplus_since)
     want: dict[str, int] = {}
+    why: dict[str, str] = {}  # the rule that set each function's want (`Start.reason`)
     for f, tg in targets.items():
         per = tg.batch * NS_PER_S / tg.latency_ns
         cover = have[f]
@@ -159,6 +160,7 @@ def reconcile(view: ClusterView, now_ns: int, targets: dict[str, PoolTarget], wa
             if (held - n_plan * tg.units) * fn.keep_alive_ns > n_plan * tg.units * cold_ns:
                 cover = sum(throughput_rps(i, tg) for i in live[f] if is_planned(i, tg))
         k = math.ceil((tg.need_rps - cover) / per - 1e-9) if cover < tg.need_rps else 0
+        reason = "need" if cover == have[f] else "consolidate"
         if not live[f]:
             # a function with an active workflow keeps one instance, unless the residency policy released
             # it on purpose and it has no queued work (its pre-warm, or its next job, starts one)
@@ -171,8 +173,8 @@ def reconcile(view: ClusterView, now_ns: int, targets: dict[str, PoolTarget], wa
         wait_ns, queued_n = waited.get(f, (0, 0))
         if wait_ns > tg.wait_ns + tg.latency_ns and queued_n > sum(i.max_batch for i in live[f]):
             floor_rps = queued_n * NS_PER_S / wait_ns
-            if floor_rps > have[f]:
-                k = max(k, math.ceil((floor_rps - have[f]) / per - 1e-9))
+            if floor_rps > have[f] and (kb := math.ceil((floor_rps - have[f]) / per - 1e-9)) > k:
+                k, reason = kb, "backlog"
         # NOTE: jobs shed for contention are demand the pool did not serve, and shedding keeps the
         # queue short, so it hides the backlog above. The need is taken at the lower end of the
         # rate's interval so that noise in the estimate does not grow the pool; more sheds than the plan
@@ -180,10 +182,11 @@ def reconcile(view: ClusterView, now_ns: int, targets: dict[str, PoolTarget], wa
         # they come the pool grows to the need at the estimate itself
         # (one instance per sizing, none starting; on a saturated cluster there is no room and
         # nothing changes). Jobs shed while its instances cold-start are not: those count as capacity.
-        if f in shed and have[f] < tg.mid_rps and not any(i.state == _STARTING for i in live[f]):
-            k = max(k, 1)
+        if f in shed and have[f] < tg.mid_rps and not any(i.state == _STARTING for i in live[f]) and k < 1:
+            k, reason = 1, "shed"
         if k > 0:
             want[f] = k
+            why[f] = reason
     if not want:
         return draining
     near = neighbours(view)
@@ -215,7 +218,8 @@ def reconcile(view: ClusterView, now_ns: int, targets: dict[str, PoolTarget], wa
                 unmet.add(f)
                 continue  # no room for this function in this pass
             room.take(gpu, start.units, mb)
-            actions.append(Start(f, gpu, start.units, start.max_batch))
+            actions.append(Start(f, gpu, start.units, start.max_batch,
+                                 reason=why[f] if start is tg else why[f] + ", fragment"))
             units_per_gpu = view.gpus[gpu].share_units
             have[f] += start.batch * NS_PER_S / fn.latency_ns(start.gpu_type, start.batch, start.units, units_per_gpu)
             want[f] -= 1

@@ -105,5 +105,5 @@ def _start_on_free_gpu(view: ClusterView, fn: FunctionRt, room: dict[int, list],
         if free[0] >= units and free[1] >= mem:
             free[0] -= units
             free[1] -= mem
-            return Start(fn.name, g.id, units, 1, (job_id,))
+            return Start(fn.name, g.id, units, 1, (job_id,), "request")
     return None
