@@ -74,12 +74,17 @@ def test_workflow_with_cycle_and_unknown_function(tmp_path):
 
 @pytest.mark.slow  # runs every `bench sim` workload, SimFaaS's too
 def test_bench_sim_json_shape():
-    p = run("bench", "sim", "--duration", "2", "--requests", "500", "--json")
+    p = run("bench", "sim", "--duration", "2", "--requests", "500", "--repeat", "3", "--json")
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
     assert doc["invocations"] > 0 and doc["invocations_per_s"] > 0 and doc["peak_rss_mb"] > 0
+    assert doc["per_request"]["repeat"] == 3
     cells = doc["per_request"]["cells"]
-    assert len(cells) == 6 and all(c["requests"] >= 500 and c["gpufaas_us"] > 0 for c in cells)
+    assert len(cells) == 6 and all(c["requests"] >= 500 and 0 < c["gpufaas_us"] <= c["gpufaas_median_us"] for c in cells)
+    # the least of the runs on each side, and their ratio (simfaas is a dev dependency)
+    assert all(0 < c["simfaas_us"] <= c["simfaas_median_us"] for c in cells)
+    assert all(c["ratio"] == pytest.approx(c["gpufaas_us"] / c["simfaas_us"], rel=0.01) for c in cells)
+    assert run("bench", "sim", "--repeat", "0").returncode == 2
 
 
 def test_every_shipped_scenario_loads():
