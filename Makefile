@@ -23,6 +23,11 @@ layout:
 	mkdir -p $(VENV)/layout/gpufaas
 	for d in platform gateway loadgen functions; do ln -sfn "$(CURDIR)/$$d" $(VENV)/layout/gpufaas/$$d; done
 
+# NOTE: the tests that start no gateway, worker, Docker container or Ray cluster run one pytest worker per
+# core (xdist), each with one torch/OpenMP thread, so processes x threads stays at the core count; the
+# others run after them, one at a time, since they size their own processes to the machine.
+IN_PROCESS := not live and not docker and not ray and not gpu
+
 typecheck: install
 	$(BIN)/mypy -p gpufaas.platform -p gpufaas.gateway -p gpufaas.loadgen
 
@@ -30,14 +35,12 @@ test: install
 	$(BIN)/lint-imports
 	$(BIN)/ruff check --quiet platform gateway loadgen functions tests
 	$(BIN)/mypy -p gpufaas.platform -p gpufaas.gateway -p gpufaas.loadgen
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n auto -m "$(IN_PROCESS)" --durations=10
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not ($(IN_PROCESS))" --durations=10
 
 # unit and property tests, under a minute: no subprocess gateways, Docker, Ray or long simulations.
-# NOTE: one pytest worker per core (xdist), each with one torch/OpenMP thread, so processes x
-# threads stays at the core count; the full `make test` stays serial, since its live gateways,
-# Docker and Ray tests size their own processes to the machine.
 test-fast: install
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n auto -m "not slow and not live and not docker and not ray and not gpu" -x
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n auto -m "not slow and $(IN_PROCESS)" -x
 
 # the wheel, installed into a clean venv outside the checkout, runs sim, up, deploy and invoke
 package-check: install
