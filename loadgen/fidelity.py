@@ -243,7 +243,7 @@ class RecordingSimBackend(SimBackend):
         self.started: list[Started] = []
 
     def start(self, inst: Instance) -> None:
-        self.started.append(Started(inst.function.name, inst.share_units, inst.start_reason, inst.start_ns))
+        self.started.append(Started.of(inst))
         super().start(inst)
 
 
@@ -262,7 +262,7 @@ class MeasuredSimBackend(RecordingSimBackend):
         self.costs = costs
 
     def start(self, inst: Instance) -> None:
-        self.started.append(Started(inst.function.name, inst.share_units, inst.start_reason, inst.start_ns))
+        self.started.append(Started.of(inst))
         now = self.clock.now_ns()
         cold_ns = self.costs.cold_start_at(inst.function.name, now)
         if cold_ns is None:

@@ -28,9 +28,10 @@ class Start(NamedTuple):
     """Start an instance of `function` on `gpu_id` with `share_units` of it, sized for `max_batch`.
 
     `job_ids`, if any, form the instance's first batch; it runs as soon as the cold start ends.
-    `reason`: which of the policy's rules asked for it, in a word or two (esg: "need", "consolidate", "backlog",
-    "shed", with ", fragment" for a smaller share than planned; "" when the policy does not say); kept on the instance (`Instance.start_reason`) for whoever
-    explains a pool: `GET /v1/cluster` and `gpufaas fidelity`'s `diagnostics.instances_started`.
+    `reason`: which of the policy's rules asked for it, in a word or two (esg: "need", "consolidate",
+    "backlog", "shed", with ", fragment" for a smaller share than planned; "" when the policy does not
+    say); kept on the instance (`Instance.start_reason`) for whoever explains a pool: `GET /v1/cluster`
+    and `gpufaas fidelity`'s `diagnostics.instances_started`.
     """
 
     function: str

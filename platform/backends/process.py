@@ -61,13 +61,17 @@ log = logging.getLogger("gpufaas.process")
 
 class Started(NamedTuple):
     """One instance a policy started: its function, share units, `Instance.start_reason` and start time (ns, on
-    the clock of whoever records it). Who records it: the process backend (`Costs.started`) and fidelity's
-    simulated backends. Who reads it: `loadgen.fidelity.pools`."""
+    the clock of whoever records it; `Started.of` reads them off an instance). Who records it: the process
+    backend (`Costs.started`) and fidelity's simulated backends. Who reads it: `loadgen.fidelity.pools`."""
 
     function: str
     share_units: int
     reason: str
     start_ns: int
+
+    @classmethod
+    def of(cls, inst: Instance) -> "Started":
+        return cls(inst.function.name, inst.share_units, inst.start_reason, inst.start_ns)
 
 
 class Costs:
@@ -167,7 +171,7 @@ class ProcessBackend:
         """Spawn the worker; READY -> on_instance_ready, a failed start -> on_instance_failed."""
         w = _Worker(inst)
         self._workers[inst.id] = w
-        self.costs.started.append(Started(inst.function.name, inst.share_units, inst.start_reason, inst.start_ns))
+        self.costs.started.append(Started.of(inst))
         w.watch = asyncio.get_running_loop().create_task(self._spawn(w))
         self._spawn_tasks.add(w.watch)
         w.watch.add_done_callback(self._spawn_tasks.discard)
