@@ -1,8 +1,9 @@
 """Accounting: SLO hit rate, allocated and busy cost, latency percentiles, cold starts, decision time.
 
 Who calls it: the `Controller` records events as they happen and bills cost through `bill_busy` and
-`bill_allocated` (`charge` is the one cost formula), also per tenant and per priority class
-(`per_tenant`, `per_class`); `report()` is read by `gpufaas sim`, the gateway's
+`bill_allocated` (`charge` is the one cost formula); each deployed workflow counts into its own
+`WorkflowTally`, and the per-workflow, per-tenant and per-class figures are sums of those tallies;
+`report()` is read by `gpufaas sim`, the gateway's
 `/v1/usage` (through `Controller.report`, live instances billed up to now), its Prometheus metrics
 (`cost`, the shed counts and the decision-time histogram) and the benchmarks. The simulation driver sets `warmup_end_ns`: the
 controller then leaves out what lies before it (see the field's NOTE); live it stays 0. Memory is
@@ -124,11 +125,11 @@ SHED_REASONS = ("rejected", "timed_out", "failed")  # how an invocation can end 
 
 
 class TenantUsage:
-    """One tenant's (or one priority class's) running figures: invocations counted in, ended, SLO hits,
-    and cost in GPU-ns and USD, busy and allocated. Who fills it: `Accounting`; `report()` reads it."""
+    """Running figures: invocations counted in, ended, SLO hits, rejected, busy cost in GPU-ns and USD.
+    A `WorkflowTally` is one workflow's; `Accounting.report()` sums the tallies into one per tenant and
+    one per priority class (allocated cost per tenant is `Accounting.allocated_by_tenant`)."""
 
-    __slots__ = ("invocations", "ended", "slo_hits", "rejected", "busy_gpu_ns", "busy_usd", "allocated_gpu_ns",
-                 "allocated_usd")
+    __slots__ = ("invocations", "ended", "slo_hits", "rejected", "busy_gpu_ns", "busy_usd")
 
     def __init__(self) -> None:
         self.invocations = 0
@@ -137,11 +138,37 @@ class TenantUsage:
         self.rejected = 0
         self.busy_gpu_ns = 0.0
         self.busy_usd = 0.0
-        self.allocated_gpu_ns = 0.0
-        self.allocated_usd = 0.0
 
     def hit_rate(self) -> float:
         return round(self.slo_hits / self.ended, 6) if self.ended else 0.0
+
+    def add(self, t: TenantUsage) -> None:
+        """Add another record's figures (`Accounting.report()` sums tallies with it)."""
+        self.invocations += t.invocations
+        self.ended += t.ended
+        self.slo_hits += t.slo_hits
+        self.rejected += t.rejected
+        self.busy_gpu_ns += t.busy_gpu_ns
+        self.busy_usd += t.busy_usd
+
+
+class WorkflowTally(TenantUsage):
+    """One workflow's running figures under one (name, tenant, priority class). Who fills it: the
+    controller, through the tally its `WorkflowRt` holds (`Accounting.tally`), and `Accounting.bill_busy`;
+    `report()` sums them per workflow, tenant and class.
+
+    NOTE: one record per workflow, reached from the invocation, not per-tenant and per-class records
+    looked up by name at every arrival, end and batch: those lookups and calls were a tenth of the
+    instructions per simulated request of the one-function SimFaaS workload (`gpufaas bench sim`); a
+    tenant's or class's figures are sums over its workflows' tallies, taken only when a report is made."""
+
+    __slots__ = ("workflow", "tenant", "klass")
+
+    def __init__(self, workflow: str, tenant: str, klass: str) -> None:
+        super().__init__()
+        self.workflow = workflow
+        self.tenant = tenant
+        self.klass = klass
 
 
 @dataclass
@@ -181,40 +208,46 @@ class Accounting:
     batched_jobs: int = 0
     latency_ms: Histogram = field(default_factory=Histogram)
     decision_us: Histogram = field(default_factory=Histogram)
-    per_workflow: dict[str, list[int]] = field(default_factory=dict)  # name -> [ended, slo_hits]
     shed_by_workflow: dict[tuple[str, str], int] = field(default_factory=dict)  # (workflow, SHED_REASONS item) -> count
-    # NOTE: per tenant and per priority class (tenancy.CLASSES); busy cost is split over a batch's jobs (a
-    # function may serve two tenants or both classes), allocated cost goes to the tenant owning the function
-    per_tenant: dict[str, TenantUsage] = field(default_factory=dict)
-    per_class: dict[str, TenantUsage] = field(default_factory=dict)
+    # NOTE: per (workflow, tenant, priority class); busy cost is split over a batch's jobs (a function may
+    # serve several workflows, tenants or classes), allocated cost goes to the tenant owning the function
+    tallies: dict[tuple[str, str, str], WorkflowTally] = field(default_factory=dict)
+    allocated_by_tenant: dict[str, list[float]] = field(default_factory=dict)  # tenant -> [GPU-ns, USD]
     admission_rejected: dict[str, int] = field(default_factory=dict)  # admission limit -> invocations refused
 
-    def _usage(self, table: dict[str, TenantUsage], key: str) -> TenantUsage:
-        u = table.get(key)
-        if u is None:
-            u = table[key] = TenantUsage()
-        return u
+    def tally(self, workflow: str, tenant: str, klass: str) -> WorkflowTally:
+        """The running figures of `workflow` deployed for `tenant` in priority class `klass`, made on first
+        use. Called by the controller when it deploys a workflow (a redeploy under the same key counts on)."""
+        key = (workflow, tenant, klass)
+        t = self.tallies.get(key)
+        if t is None:
+            t = self.tallies[key] = WorkflowTally(workflow, tenant, klass)
+        return t
 
-    # NOTE: arrived, ended_as and bill_busy run once per invocation or batch: they look the usage records up
-    # with dict.get and fall back to `_usage` only for a new tenant or class (a method call each cost ~10% of
-    # the one-function simulation's time per request)
-    def arrived(self, tenant: str, klass: str) -> None:
-        """Count one invocation in (after the warm-up). Called by the controller when it accepts (or
-        refuses at admission) an invocation of `tenant` in priority class `klass`."""
-        self.invocations += 1
-        (self.per_tenant.get(tenant) or self._usage(self.per_tenant, tenant)).invocations += 1
-        (self.per_class.get(klass) or self._usage(self.per_class, klass)).invocations += 1
+    @property
+    def per_workflow(self) -> dict[str, tuple[int, int]]:
+        """Workflow name -> (ended, SLO hits), counted after the warm-up. Read by reports and `/ui`."""
+        out: dict[str, tuple[int, int]] = {}
+        for t in self.tallies.values():
+            if not t.ended:
+                continue  # deployed, nothing ended yet: not in the report
+            e, h = out.get(t.workflow, (0, 0))
+            out[t.workflow] = (e + t.ended, h + t.slo_hits)
+        return out
 
-    def ended_as(self, tenant: str, klass: str, hit: bool, rejected: bool) -> None:
-        """Count one counted invocation's end for its tenant and class. Called by the controller."""
-        u = self.per_tenant.get(tenant) or self._usage(self.per_tenant, tenant)
-        u.ended += 1
-        u.slo_hits += hit
-        u.rejected += rejected
-        u = self.per_class.get(klass) or self._usage(self.per_class, klass)
-        u.ended += 1
-        u.slo_hits += hit
-        u.rejected += rejected
+    def _sums(self, by_tenant: bool) -> dict[str, TenantUsage]:
+        """The tallies summed per tenant (or per priority class); a tally nothing has counted into yet
+        (a workflow deployed, not yet invoked after the warm-up) makes no entry."""
+        out: dict[str, TenantUsage] = {}
+        for t in self.tallies.values():
+            if not (t.invocations or t.ended or t.busy_gpu_ns):
+                continue
+            key = t.tenant if by_tenant else t.klass
+            u = out.get(key)
+            if u is None:
+                u = out[key] = TenantUsage()
+            u.add(t)
+        return out
 
     def refuse(self, reason: str) -> None:
         """Count one decision the controller refused; `reason` up to its first ':' is the kind."""
@@ -238,29 +271,22 @@ class Accounting:
 
     def bill_busy(self, duration_ns: int, share_units: int, gpu: Gpu, jobs: Sequence[Job] = ()) -> None:
         """Add one batch's execution (or its part after the warm-up) to the busy cost, split evenly over its
-        `jobs`' tenants and classes. Called by the controller."""
+        `jobs`' workflows (their tallies). Called by the controller."""
         gpu_ns, usd = charge(duration_ns, share_units, gpu)
         self.busy_unit_ns += gpu_ns
         self.busy_usd += usd
         if not jobs:
             return
-        inv = jobs[0].inv
-        tenant, klass = inv.tenant, inv.priority
+        t = jobs[0].inv.workflow.tally
         n = len(jobs)
-        if n == 1 or all(j.inv.tenant == tenant and j.inv.priority == klass for j in jobs):
-            u = self.per_tenant.get(tenant) or self._usage(self.per_tenant, tenant)
-            u.busy_gpu_ns += gpu_ns
-            u.busy_usd += usd
-            (self.per_class.get(klass) or self._usage(self.per_class, klass)).busy_gpu_ns += gpu_ns
+        if n == 1 or all(j.inv.workflow.tally is t for j in jobs):
+            t.busy_gpu_ns += gpu_ns
+            t.busy_usd += usd
             return
-        for j in jobs:  # NOTE: a mixed batch is rare (a function shared by tenants or classes)
-            self._bill_busy_to(j.inv.tenant, j.inv.priority, gpu_ns / n, usd / n)
-
-    def _bill_busy_to(self, tenant: str, klass: str, gpu_ns: float, usd: float) -> None:
-        u = self._usage(self.per_tenant, tenant)
-        u.busy_gpu_ns += gpu_ns
-        u.busy_usd += usd
-        self._usage(self.per_class, klass).busy_gpu_ns += gpu_ns
+        for j in jobs:  # NOTE: a mixed batch is rare (a function shared by workflows)
+            t = j.inv.workflow.tally
+            t.busy_gpu_ns += gpu_ns / n
+            t.busy_usd += usd / n
 
     def bill_allocated(self, inst: Instance, now_ns: int) -> None:
         """Add a stopping instance's lifetime up to `now_ns` (its part after the warm-up) to the allocated
@@ -269,9 +295,9 @@ class Accounting:
         self.allocated_unit_ns += gpu_ns
         self.allocated_usd += usd
         self.memory_mb_ns += self._memory_mb_ns(inst, now_ns)
-        u = self._usage(self.per_tenant, inst.function.tenant)
-        u.allocated_gpu_ns += gpu_ns
-        u.allocated_usd += usd
+        a = self.allocated_by_tenant.setdefault(inst.function.tenant, [0.0, 0.0])
+        a[0] += gpu_ns
+        a[1] += usd
 
     def _lifetime(self, inst: Instance, now_ns: int) -> tuple[float, float]:
         life_ns = now_ns - max(inst.start_ns, self.warmup_end_ns)  # warmup_end_ns: only what follows it is billed
@@ -334,13 +360,16 @@ class Accounting:
             "per_tenant": self._per_tenant(live, now_ns),
             "per_class": {k: {"invocations": u.invocations, "slo_hit_rate": u.hit_rate(),
                               "gpu_seconds_busy": round(u.busy_gpu_ns / NS_PER_S, 3)}
-                          for k, u in sorted(self.per_class.items())},
+                          for k, u in sorted(self._sums(by_tenant=False).items())},
             "admission_rejected": dict(sorted(self.admission_rejected.items())),
         }
 
     def _per_tenant(self, live: Iterable[Instance], now_ns: int) -> dict[str, dict]:
         """`report()`'s per_tenant figures, the live instances billed up to `now_ns` to their function's tenant."""
-        alloc = {t: [u.allocated_gpu_ns, u.allocated_usd] for t, u in self.per_tenant.items()}
+        usage = self._sums(by_tenant=True)
+        alloc = {t: a[:] for t, a in self.allocated_by_tenant.items()}
+        for t in usage:
+            alloc.setdefault(t, [0.0, 0.0])
         for inst in live:
             gpu_ns, usd = self._lifetime(inst, now_ns)
             a = alloc.setdefault(inst.function.tenant, [0.0, 0.0])
@@ -348,7 +377,7 @@ class Accounting:
             a[1] += usd
         out = {}
         for t in sorted(alloc):
-            u = self.per_tenant.get(t) or TenantUsage()
+            u = usage.get(t) or TenantUsage()
             out[t] = {"invocations": u.invocations, "slo_hit_rate": u.hit_rate(), "rejected": u.rejected,
                       "gpu_seconds_busy": round(u.busy_gpu_ns / NS_PER_S, 3),
                       "gpu_seconds_allocated": round(alloc[t][0] / NS_PER_S, 3),

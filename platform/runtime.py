@@ -12,6 +12,7 @@ from collections import deque
 from enum import IntEnum
 from typing import Any, Callable
 
+from gpufaas.platform.accounting import WorkflowTally
 from gpufaas.platform.units import NS_PER_S, ms_to_ns, s_to_ns
 from gpufaas.platform.errors import ProfileError, SpecError
 from gpufaas.platform.profiles import LatencyTable, Profiles
@@ -190,18 +191,20 @@ class StageRt:
 
 
 class WorkflowRt:
-    """A deployed workflow: stages in topological order with predecessor/successor indices."""
+    """A deployed workflow: stages in topological order with predecessor/successor indices, and the tally
+    its invocations count into (the controller passes its `Accounting.tally`; without one, a tally of its own)."""
 
     __slots__ = ("name", "spec", "stages", "by_name", "entries", "num_exits", "slo_ns", "tenant", "priority", "graph",
-                 "pred_counts")
+                 "pred_counts", "tally")
 
-    def __init__(self, spec: WorkflowSpec, functions: dict[str, FunctionRt]) -> None:
+    def __init__(self, spec: WorkflowSpec, functions: dict[str, FunctionRt], tally: WorkflowTally | None = None) -> None:
         import networkx as nx
 
         self.name = spec.name
         self.spec = spec
         self.tenant = spec.tenant
         self.priority = spec.priority
+        self.tally = tally if tally is not None else WorkflowTally(spec.name, spec.tenant, spec.priority)
         self.slo_ns = ms_to_ns(spec.slo_ms)
         g = spec.graph()
         self.graph = g
@@ -280,6 +283,7 @@ class AfwQueue:
     # which is what the batch-fill wait estimate and autoscalers need. Averaging 1/gap instead would be
     # badly biased upwards for bursty traffic (for gamma gaps with cv >= 2, E[1/gap] does not even exist).
     ALPHA = 0.2
+    _KEEP = 1.0 - ALPHA
 
     def __init__(self, workflow: WorkflowRt, stage: StageRt) -> None:
         self.key = (workflow.name, stage.name)
@@ -299,7 +303,7 @@ class AfwQueue:
         self.arrivals += 1
         if last >= 0:
             gap_s = (now_ns - last or 1) / NS_PER_S
-            g = gap_s if self.arrivals == 2 else (1 - self.ALPHA) * self.gap_ewma_s + self.ALPHA * gap_s
+            g = gap_s if self.arrivals == 2 else self._KEEP * self.gap_ewma_s + self.ALPHA * gap_s
             self.gap_ewma_s = g
             self.rate_per_s = 1.0 / g
 
@@ -307,7 +311,7 @@ class AfwQueue:
 class Batch:
     """Jobs sent together to one instance."""
 
-    __slots__ = ("id", "instance", "jobs", "dispatch_ns", "start_ns", "end_ns", "not_before_ns", "exec_ns", "outputs", "error")
+    __slots__ = ("id", "instance", "jobs", "dispatch_ns", "start_ns", "not_before_ns", "outputs")
 
     def __init__(self, batch_id: int, instance: "Instance", jobs: list[Job], dispatch_ns: int) -> None:
         self.id = batch_id
@@ -316,10 +320,7 @@ class Batch:
         self.dispatch_ns = dispatch_ns
         self.not_before_ns = dispatch_ns
         self.start_ns = -1
-        self.end_ns = -1
-        self.exec_ns = 0
         self.outputs: list[Any] | None = None
-        self.error = ""
 
 
 class Instance:
