@@ -43,6 +43,7 @@ from types import ModuleType
 from typing import Any
 
 from gpufaas.platform.errors import UserError
+from gpufaas.platform.spawn import Child, Spawned, spawn
 from gpufaas.platform.specs import FunctionSpec, load_yaml
 
 SPEC_FILE = "function.yaml"
@@ -247,6 +248,13 @@ class Sandbox:
                                                         preexec_fn=self._apply)
 
 
+    async def spawn(self, argv: list[str], env: dict[str, str]) -> Spawned:
+        """`exec` for a long-lived process (a worker), started off the event loop (`platform.spawn`): stdin
+        from /dev/null, no pipes. OSError when it cannot start."""
+        with open(self.stderr_path, "wb") as err:
+            return await spawn(argv, env=env, cwd=str(self.workdir), stderr=err, preexec_fn=self._apply)
+
+
 def become(uid: int) -> None:
     """In a child before exec: drop every group and switch to `uid` (gid = uid), for good.
     NOTE: done here rather than with create_subprocess_exec's user/group/extra_groups, which uvloop (the
@@ -272,7 +280,7 @@ def open_dir(path: Path) -> Path:
     return path
 
 
-async def kill_sandbox(proc: asyncio.subprocess.Process, sandbox: Sandbox) -> None:
+async def kill_sandbox(proc: Child, sandbox: Sandbox) -> None:
     """SIGKILL the sandboxed process's group and, under its own uid, every process of that uid; reap it.
     Who calls it: `BundleChecker` (timeout, shutdown, after each check) and the process backend (a worker ended)."""
     try:

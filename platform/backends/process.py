@@ -46,6 +46,7 @@ from gpufaas.platform.bundle import BundleError, Sandbox, kill_sandbox, open_dir
 from gpufaas.platform.backends.interface import UNBOUND, BackendHost
 from gpufaas.platform.clock import Clock, Handle, NS_PER_S
 from gpufaas.platform.runtime import Batch, Instance
+from gpufaas.platform.spawn import Spawned, spawn
 from gpufaas.platform.wire import Kind
 from gpufaas.platform.worker import worker_argv
 
@@ -105,7 +106,7 @@ class _Worker:
         self.inst = inst
         # NOTE: id plus a secret: the socket is reachable by the sandbox uids, so HELLO must prove which worker it is
         self.token = f"{inst.id}.{secrets.token_hex(8)}"
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc: Spawned | None = None
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.spawn_ns = 0
@@ -309,13 +310,11 @@ class ProcessBackend:
                 if w.stopped:
                     return
                 w.spawn_ns = time.monotonic_ns()
-                w.proc = await box.exec(argv, box.env(threads))
+                w.proc = await box.spawn(argv, box.env(threads))
             else:
                 w.spawn_ns = time.monotonic_ns()
-                w.proc = await asyncio.create_subprocess_exec(*self.worker_command(inst, w.token, self.bundle_dir(inst.function.name)),
-                                                              env=dict(os.environ, **threads), start_new_session=True,
-                                                              stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-                                                              stderr=asyncio.subprocess.PIPE)
+                w.proc = await spawn(self.worker_command(inst, w.token, self.bundle_dir(inst.function.name)),
+                                     env=dict(os.environ, **threads))
         except OSError as e:
             self._fail(inst.id, f"cannot spawn worker: {e}")
             return
@@ -496,7 +495,7 @@ def report_result(host: BackendHost, inst: Instance, batch: Batch, m: dict) -> N
     host.on_batch_done(inst, batch, outputs)
 
 
-def _kill(proc: asyncio.subprocess.Process) -> None:
+def _kill(proc: Spawned) -> None:
     """SIGKILL the worker's process group (it leads its own session)."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
