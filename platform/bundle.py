@@ -247,7 +247,6 @@ class Sandbox:
                                                         pass_fds=pass_fds, start_new_session=True, cwd=str(self.workdir),
                                                         preexec_fn=self._apply)
 
-
     async def spawn(self, argv: list[str], env: dict[str, str]) -> Spawned:
         """`exec` for a long-lived process (a worker), started off the event loop (`platform.spawn`): stdin
         from /dev/null, no pipes. OSError when it cannot start."""

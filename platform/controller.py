@@ -852,6 +852,7 @@ class Controller:
                 if inv.status != _PENDING:
                     continue
                 stage = job.stage
+                inv.out_gpu[stage.index] = gpu
                 if inv.outputs is not None:
                     inv.outputs[stage.index] = outputs[i] if outputs is not None else None
                     inv.stage_ns[stage.index] = (batch.start_ns, now)  # type: ignore[index]  # set with outputs
@@ -864,7 +865,6 @@ class Controller:
                         if inv.on_done is not None:
                             inv.on_done(inv)
                 else:
-                    inv.out_gpu[stage.index] = gpu  # where its successors' inputs come from (transfer_ns)
                     waiting = inv.waiting
                     for s in stage.succs:
                         waiting[s] -= 1

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from gpufaas.loadgen.scenario import load_scenario
 from gpufaas.loadgen.simdriver import run_scenario
 from gpufaas.platform.policy.registry import builtin_registry
+from gpufaas.platform.runtime import InvocationStatus
 from tests.conftest import ROOT, SCENARIOS
 from tests.helpers import golden_cases, golden_path, golden_report
 
@@ -77,6 +78,13 @@ def test_on_done_called_exactly_once_per_invocation(policy):
     clock.run(until_ns=60 * 10**9)
     ctl.timeout_pending(clock.now_ns() + 1)
     assert set(calls) == {i.id for i in invs} and set(calls.values()) == {1}
+
+
+@pytest.mark.parametrize("policy", ["esg", "static"])
+def test_every_stage_of_a_completed_invocation_names_its_gpu(policy):
+    done = []
+    run_scenario(short("video", 5), policy, on_end=lambda i: done.append(i) if i.status == InvocationStatus.COMPLETED else None)
+    assert done and all(g is not None for i in done for g in i.out_gpu)
 
 
 def test_stdlib_platform_not_shadowed_from_repo_root():

@@ -240,8 +240,10 @@ def _grid(shares: tuple[int, ...], batches: tuple[int, ...], lats: tuple[int, ..
             for w in {k * lat for k in ROUNDS} | slo_waits:
                 if w + lat <= slo_ns:
                     rows.append((u, b, lat, w))
-    arr = np.array(rows, dtype=np.int64).reshape(-1, 4)
-    return tuple(np.ascontiguousarray(arr[:, c]) for c in range(4))
+    cols = tuple(np.ascontiguousarray(np.array(rows, dtype=np.int64).reshape(-1, 4)[:, c]) for c in range(4))
+    for c in cols:
+        c.flags.writeable = False  # shared by every call that hits the memo
+    return cols
 
 
 def function_loads(view: ClusterView, loads: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
