@@ -181,9 +181,7 @@ class Accounting:
     # instance's lifetime and each batch's execution before it (allocated/busy cost clipped). Policy
     # decision time, retries and refused decisions stay whole-run: they measure the code, not the system.
     warmup_end_ns: int = 0
-    invocations: int = 0
     completed: int = 0
-    slo_hits: int = 0
     failed: int = 0
     rejected: int = 0
     timed_out: int = 0
@@ -223,6 +221,18 @@ class Accounting:
         if t is None:
             t = self.tallies[key] = WorkflowTally(workflow, tenant, klass)
         return t
+
+    # NOTE: invocations counted in and SLO hits are sums of the tallies (the controller counts each once,
+    # into its workflow's tally), not totals kept beside them
+    @property
+    def invocations(self) -> int:
+        """Invocations counted in (arrived after the warm-up, refusals at admission included)."""
+        return sum(t.invocations for t in self.tallies.values())
+
+    @property
+    def slo_hits(self) -> int:
+        """Counted invocations that completed by their deadline."""
+        return sum(t.slo_hits for t in self.tallies.values())
 
     @property
     def per_workflow(self) -> dict[str, tuple[int, int]]:

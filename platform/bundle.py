@@ -239,7 +239,8 @@ class Sandbox:
     async def exec(self, argv: list[str], env: dict[str, str], *, stdin: int = asyncio.subprocess.DEVNULL,
                    pass_fds: tuple[int, ...] = ()) -> asyncio.subprocess.Process:
         """Start `argv` in the sandbox: its own session (process group), cwd, uid/gid, rlimits and
-        no_new_privs; stdout discarded, stderr to `stderr_path`. OSError when it cannot start.
+        no_new_privs; stdout discarded, stderr to `stderr_path`. OSError when it cannot start. Who calls it:
+        `BundleChecker` (a stdin pipe, once per deploy; a worker starts through `spawn`, off the loop).
         NOTE: no pipes for stdout/stderr: a process the handler forked could hold them open, and asyncio's
         `Process.wait()` waits for its pipes to close as well as for the process to exit."""
         with open(self.stderr_path, "wb") as err:

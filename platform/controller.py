@@ -234,7 +234,6 @@ class Controller:
             inv.outputs = [None] * len(wf.stages)
             inv.stage_ns = [(-1, -1)] * len(wf.stages)
         if now >= self.acct.warmup_end_ns:  # Accounting.warmup_end_ns
-            self.acct.invocations += 1
             wf.tally.invocations += 1
         self.inflight[inv.id] = inv
         for e in wf.entries:
@@ -332,7 +331,6 @@ class Controller:
                 acct.completed += 1
                 acct.latency_ms.add((now - inv.arrival_ns) / 1e6)
                 if now <= inv.deadline_ns:
-                    acct.slo_hits += 1
                     tally.slo_hits += 1
             else:
                 acct.shed(inv.workflow.name, _SHED_REASON[status])
@@ -349,7 +347,6 @@ class Controller:
         now = self.clock.now_ns()
         inv = Invocation(next(self._ids), wf, now, wf.slo_ns if slo_ms is None else ms_to_ns(slo_ms))
         if now >= self.acct.warmup_end_ns:  # Accounting.warmup_end_ns
-            self.acct.invocations += 1
             wf.tally.invocations += 1
         inv.status = InvocationStatus.REJECTED
         inv.finish_ns = now
