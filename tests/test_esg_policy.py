@@ -152,6 +152,26 @@ def test_rate_and_dispersion_estimates_follow_the_counts():
     assert 80 < ld.rate_rps < 120 and ld.dispersion > 5
 
 
+def test_ticks_keep_to_a_grid_when_passes_run_late():
+    """A live tick runs after its wake by however long the loop took to reach it; the next one is due a
+    period after the last one was due, not after the pass ran, so live ticks count arrivals over the
+    simulator's windows. A pass a whole period late (a stall) starts the grid again from itself."""
+    pol = EsgPolicy()
+    ctl, _, _ = controller(pol, functions=[function("f")], workflows=[chain("w", ["f"], slo_ms=100)])
+    period = 25 * NS_PER_MS  # a quarter of the tightest SLO
+    start = 3 * NS_PER_MS
+    _, state = pol.schedule(ctl.view, start, pol.initial_state(ctl.view))  # the first tick starts the grid
+    assert state["next_tick_ns"] == start + period
+    for k, late_ns in enumerate((400_000, 0, 9 * NS_PER_MS, period - 1), start=1):
+        due = start + k * period
+        assert state["next_tick_ns"] == due
+        _, state = pol.schedule(ctl.view, due + late_ns, state)
+        assert state["next_tick_ns"] == due + period
+    stalled = state["next_tick_ns"] + period + 1
+    _, state = pol.schedule(ctl.view, stalled, state)
+    assert state["next_tick_ns"] == stalled + period
+
+
 def test_no_decision_over_commits_a_gpu_under_overload():
     # chain at 200 rps squeezed onto one GPU: every pass is checked for purity and invariants
     sc = load_scenario(SCENARIOS / "chain.yaml")

@@ -2,7 +2,7 @@
 
 One pass, in three parts:
 
-1. **Observe and plan** (on a tick): per workflow, the arrival rate and its burstiness
+1. **Observe and plan** (on a tick, the ticks on a grid: `_next_tick_ns`): per workflow, the arrival rate and its burstiness
    (`esg_rates`); when they move out of the band around the load the current plan was made for, ESG_1Q's A*-search with
    the dual blades picks the cheapest (GPU type, batch, share) per stage whose planned critical path
    meets the SLO, under a cost model that sees the whole bill: the share a stage must *hold* to serve
@@ -126,7 +126,7 @@ class EsgPolicy:
         queued = {f: sum(len(q.jobs) for q in qs) for f, qs in grouped.items()}
         tick = now_ns >= state["next_tick_ns"]
         if tick:
-            state["next_tick_ns"] = now_ns + self._tick_ns(view)
+            state["next_tick_ns"] = self._next_tick_ns(view, now_ns, state["next_tick_ns"])
             self._observe(view, now_ns, state)
         for qs in grouped.values():  # a workflow's first invocation: plan it before the first tick
             for q in qs:
@@ -192,6 +192,24 @@ class EsgPolicy:
         return short
 
     # ------------------------------------------------------------------ load and plans
+
+    @classmethod
+    def _next_tick_ns(cls, view: ClusterView, now_ns: int, due_ns: int) -> int:
+        """When the tick after the one due at `due_ns` (0: none yet) and run at `now_ns` is due: one period
+        after `due_ns`, or after `now_ns` for the first tick and for one run a whole period late.
+
+        NOTE: a grid, not a period after each pass. A live tick runs when its wake gets the loop, after the
+        callbacks ahead of it (0.05-0.4 ms on average on the development machine, tens of ms in a stall),
+        and `now + period` carried every such delay into all later ticks: after a few seconds the live
+        ticks counted arrivals over other windows than the simulator's, whose wakes run on time. The rate
+        barely notices, but the dispersion is a second moment of those per-tick counts and sets every
+        pool's headroom, so the two sides' pools parted on where the windows happened to fall (`gpufaas
+        fidelity`; docs/fidelity-runs.md). On the grid a live tick's window is the simulated one's shifted
+        by that tick's own delay alone. In the simulator, whose tick passes run at their wakes, the two
+        rules give the same times."""
+        period_ns = cls._tick_ns(view)
+        nxt = due_ns + period_ns
+        return nxt if due_ns and nxt > now_ns else now_ns + period_ns
 
     @staticmethod
     def _tick_ns(view: ClusterView) -> int:
