@@ -33,9 +33,15 @@ at the p50 (mostly epoll's rounding: a 3.47 ms profiled run takes ~4.2 ms live).
 NOTE: the comparison window leaves out the first seconds (`WARMUP_S`, the simulator's warm-up cut, the
 same cut applied to the live records by scheduled time): while the first instances cold-start, requests
 queue behind one another, and a queued request inherits the timer lateness of every batch ahead of it,
-which the per-invocation bound above does not cover. Counts and hit rates are compared over the whole
-run (cold starts included: there the hit rate is neither 0 nor 1; outcomes there are decided by seconds
-of cold start, far from the ms of lateness, except for the invocations counted as near their SLO).
+which the per-invocation bound above does not cover. Counts and SLO outcomes are compared over the whole
+run (cold starts included: there the hit rate is neither 0 nor 1), invocation by invocation: outcomes there
+are decided by seconds of cold start, far from the ms of lateness, except for the invocations near their
+SLO, where "near" in the warm-up also takes the backlog's accumulated lateness (the largest live-minus-
+simulated latency among the warm-up's invocations whose outcomes agree; 6 ms on a quiet run, 40-60 ms with
+a busy loop in the other core), and an admission refusal (the gateway's workflow queue bound, applied on
+the simulated side too) made on one side only in the warm-up, since the bound counts the invocations in
+flight, which that lateness moves. Without those two, the test failed in 2 of 4 runs beside a busy core:
+two live 429s at 3.28 s, and one invocation at 3.18 s 121-142 ms live against 80 ms simulated.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ import numpy as np
 import pytest
 
 from gpufaas.loadgen.driver import COMPLETED, LiveRun
+from gpufaas.platform.runtime import Invocation, InvocationStatus
 from tests.helpers import TEST_ADMIN_KEY
 
 # starts an HTTP gateway and drives it for DURATION_S of wall time: not in `make test-fast`
@@ -120,8 +127,17 @@ async def test_live_and_sim_agree_on_counts_hit_rate_and_latency(tmp_path):
     # per target (a record's `target`): its SLO, the stream's override or the workflow's
     slo_ms = [t.slo_ms or wf_slo_ms[t.workflow] for t in sc.workload.targets()]
 
-    sim_all = run_scenario(sc.model_copy(update={"warmup_s": 0.0}), POLICY)  # counts: every arrival, as the driver
-    sim = run_scenario(sc, POLICY)                                           # the comparison window
+    # the gateway's admission (the workflow queue bound) on the simulated side too, as `gpufaas fidelity` does;
+    # each simulated invocation's outcome by (workflow, scheduled time), to pair with its live record
+    sim_out: dict[tuple[str, int], list[tuple[bool, float | None, bool]]] = {}  # (hit, latency ms if completed, refused)
+
+    def ended(inv: Invocation, refused: bool = False) -> None:
+        done_ms = (inv.finish_ns - inv.arrival_ns) / 1e6 if inv.status == InvocationStatus.COMPLETED else None
+        sim_out.setdefault((inv.workflow.name, inv.arrival_ns), []).append((inv.slo_met, done_ms, refused))
+
+    sim_all = run_scenario(sc.model_copy(update={"warmup_s": 0.0}), POLICY, queue_bounds=True,  # counts: every arrival
+                           on_end=ended, on_refused=lambda inv, _limit: ended(inv, True))
+    sim = run_scenario(sc, POLICY, queue_bounds=True)                            # the comparison window
     run = await live_run(tmp_path, sc, tmp_path / "sc.yaml")
     live_all = live_report.summarize(run)
 
@@ -144,16 +160,34 @@ async def test_live_and_sim_agree_on_counts_hit_rate_and_latency(tmp_path):
              f"decision p99 {decision_ms:.3f} ms)")
     names = run.workflows
 
-    # 3. SLO hit rate, per workflow and overall, over the whole run (cold starts included: the regime where
-    # it is neither 0 nor 1): equal up to the invocations that ended within D of their SLO
-    flips_total = 0
-    for w, d in sim_all["per_workflow"].items():
-        rs = [r for r in run.records if names[r.target] == w]
-        live_hits = sum(r.slo_met for r in rs)
-        sim_hits = round(d["slo_hit_rate"] * d["invocations"])
-        near = sum(1 for r in rs if r.kind == COMPLETED and abs(r.server_ms - slo_ms[r.target]) <= dev_ms(w, 1.0))
-        flips_total += near
-        assert abs(live_hits - sim_hits) <= near, f"{w}: live hits {live_hits}, sim {sim_hits}, {near} within D of the SLO {noise}"
+    # 3. SLO outcomes, invocation by invocation, over the whole run (cold starts included: the regime where the
+    # hit rate is neither 0 nor 1). An outcome may differ only where lateness can move it: a completion within
+    # D of its SLO on either side; in the warm-up, within D plus the backlog's accumulated lateness (module
+    # docstring), measured as the largest live-minus-simulated latency among the warm-up's invocations whose
+    # outcomes agree; and in the warm-up an admission refusal on one side only (the queue bound counts the
+    # invocations in flight, which that lateness moves)
+    pairs = []  # (record, workflow, SLO ms, live hit, live ms, live refused, sim hit, sim ms, sim refused)
+    for r in sorted(run.records, key=lambda r: (r.sched_ns, r.target)):
+        sim_hit, sim_ms, sim_refused = sim_out[(names[r.target], r.sched_ns)].pop(0)
+        live_ms = r.server_ms if r.kind == COMPLETED else None
+        pairs.append((r, names[r.target], slo_ms[r.target], r.slo_met, live_ms, r.kind == "http_429_quota_exceeded",
+                      sim_hit, sim_ms, sim_refused))
+    assert not any(sim_out.values()), "every simulated invocation pairs with one live record"
+    warm_ns = WARMUP_S * 1e9
+    backlog_ms = max([p[4] - p[7] for p in pairs if p[0].sched_ns < warm_ns and p[3] == p[6] and p[4] is not None
+                      and p[7] is not None] + [0.0])
+    parted, flips_total = [], 0
+    for r, w, slo, live_hit, live_ms, live_refused, sim_hit, sim_ms, sim_refused in pairs:
+        warm_up = r.sched_ns < warm_ns
+        band = dev_ms(w, 1.0) + (backlog_ms if warm_up else 0.0)
+        movable = any(x is not None and abs(x - slo) <= band for x in (live_ms, sim_ms)) or \
+            (warm_up and live_refused != sim_refused)
+        flips_total += movable
+        if live_hit != sim_hit and not movable:
+            parted.append(f"{w} at {r.sched_ns / 1e9:.3f} s: live {r.kind} {live_ms} ms, sim {sim_ms} ms refused {sim_refused}")
+    assert not parted, f"{len(parted)} outcomes parted beyond D (+{backlog_ms:.1f} ms of backlog in the warm-up): {parted[:5]} {noise}"
+    for w, d in sim_all["per_workflow"].items():  # the pairing read the simulated outcomes the report counts
+        assert sum(p[6] for p in pairs if p[1] == w) == round(d["slo_hit_rate"] * d["invocations"])
     live_hits = sum(r.slo_met for r in run.records)
     assert abs(live_hits - round(sim_all["slo_hit_rate"] * sim_all["invocations"])) <= flips_total
     assert 0.2 < sim_all["slo_hit_rate"] < 0.9  # (the fixture) neither all hits nor all misses: the comparison bites
