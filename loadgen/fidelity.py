@@ -1,7 +1,7 @@
 """`gpufaas fidelity`: one workload served live and simulated, compared per workflow.
 
-The live side is the real gateway (`gateway.app.create_app`) in this process, on a real TCP port
-(aiohttp `AppRunner`/`TCPSite` on 127.0.0.1), with the scenario's cluster, policy parameters, keep-alive
+The live side is the real gateway (`gateway.app.create_app`) in this process, on uvloop as `gpufaas up`
+serves it, on a real TCP port (aiohttp `AppRunner`/`TCPSite` on 127.0.0.1), with the scenario's cluster, policy parameters, keep-alive
 and profiles, the inproc or process backend, emulated execution; the scenario's functions and workflows
 are deployed over HTTP and the live driver (`loadgen.driver.Driver`) replays the scenario's workload at
 the given load and seed. The simulated side is `loadgen.simdriver.run_scenario` on the same scenario,
@@ -445,6 +445,8 @@ def run_fidelity(scenario_path: str | Path, *, duration_s: float, policy: str = 
     """Run the scenario live, then simulated (module docstring; `sim_model` "measured": with the live
     run's measured costs, "profile": the shipped model alone) and return the JSON of `gpufaas fidelity
     --json`: `per_workflow` (`compare`), the client-side live figures, `diagnostics` and `meta`."""
+    import uvloop
+
     from gpufaas.loadgen.results import effective_params, file_sha256, run_meta
     from gpufaas.loadgen.scenario import load_scenario
 
@@ -458,8 +460,10 @@ def run_fidelity(scenario_path: str | Path, *, duration_s: float, policy: str = 
     sc = sc.model_copy(update={"duration_s": duration_s})
     warmup_s = sc.effective_warmup_s()  # SpecError when the scenario's warm-up is not shorter than --duration
     seed = sc.seed if seed is None else seed
-    with tempfile.TemporaryDirectory(prefix="gpufaas-fidelity-") as tmp:
-        run, costs = asyncio.run(run_live(sc, path, policy, load, seed, backend, Path(tmp)))
+    # NOTE: on uvloop, as `gpufaas up` serves (gateway.app.serve): the live side measures the gateway users run.
+    with tempfile.TemporaryDirectory(prefix="gpufaas-fidelity-") as tmp, \
+            asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        run, costs = runner.run(run_live(sc, path, policy, load, seed, backend, Path(tmp)))
     sim_started: list[Started] = []
     report, sim_samples = run_sim(sc, policy, load, seed, costs if sim_model == "measured" else None, sim_started)
     live = live_samples(run, warmup_s)
