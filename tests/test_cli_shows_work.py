@@ -249,7 +249,7 @@ def test_sim_progress_only_on_a_terminal_and_never_with_json(tiny):
 
 @pytest.mark.slow  # runs `gpufaas` in a subprocess: `make test`, not `make test-fast`
 def test_bench_progress_never_with_json_or_without_a_terminal():
-    argv = [GPUFAAS, "bench", "sim", "--duration", "1"]
+    argv = [GPUFAAS, "bench", "sim", "--duration", "1", "--requests", "200", "--repeat", "1"]  # progress, not speed: a small run
     code, out, term = _with_tty_stderr(argv + ["--json"])
     assert code == 0 and term == "", term
     assert json.loads(out)["invocations"] > 0
