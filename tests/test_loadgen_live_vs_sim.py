@@ -48,11 +48,13 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 
-from gpufaas.loadgen.driver import COMPLETED, LiveRun
+from gpufaas.loadgen.driver import COMPLETED, LiveRun, Record
+from gpufaas.loadgen.fidelity import REFUSED_KIND_PREFIX
 from gpufaas.platform.runtime import Invocation, InvocationStatus
 from tests.helpers import TEST_ADMIN_KEY
 
@@ -82,6 +84,21 @@ workload:
   traces:
     - {{format: timestamps, path: ts.csv, workflows: [image-classify, text-pipeline], time_scale: 2}}
 """
+
+
+class Pair(NamedTuple):
+    """One invocation's outcome on both sides: its live record, workflow and SLO; hit, latency (None unless
+    completed) and whether admission refused it, live and simulated."""
+
+    record: Record
+    workflow: str
+    slo_ms: float
+    live_hit: bool
+    live_ms: float | None
+    live_refused: bool
+    sim_hit: bool
+    sim_ms: float | None
+    sim_refused: bool
 
 
 def quantile_range_ms(values_ms: list[float], q: float) -> tuple[float, float]:
@@ -166,28 +183,28 @@ async def test_live_and_sim_agree_on_counts_hit_rate_and_latency(tmp_path):
     # docstring), measured as the largest live-minus-simulated latency among the warm-up's invocations whose
     # outcomes agree; and in the warm-up an admission refusal on one side only (the queue bound counts the
     # invocations in flight, which that lateness moves)
-    pairs = []  # (record, workflow, SLO ms, live hit, live ms, live refused, sim hit, sim ms, sim refused)
+    pairs: list[Pair] = []
     for r in sorted(run.records, key=lambda r: (r.sched_ns, r.target)):
         sim_hit, sim_ms, sim_refused = sim_out[(names[r.target], r.sched_ns)].pop(0)
-        live_ms = r.server_ms if r.kind == COMPLETED else None
-        pairs.append((r, names[r.target], slo_ms[r.target], r.slo_met, live_ms, r.kind == "http_429_quota_exceeded",
-                      sim_hit, sim_ms, sim_refused))
+        pairs.append(Pair(r, names[r.target], slo_ms[r.target], r.slo_met, r.server_ms if r.kind == COMPLETED else None,
+                          r.kind.startswith(REFUSED_KIND_PREFIX), sim_hit, sim_ms, sim_refused))
     assert not any(sim_out.values()), "every simulated invocation pairs with one live record"
     warm_ns = WARMUP_S * 1e9
-    backlog_ms = max([p[4] - p[7] for p in pairs if p[0].sched_ns < warm_ns and p[3] == p[6] and p[4] is not None
-                      and p[7] is not None] + [0.0])
+    backlog_ms = max([p.live_ms - p.sim_ms for p in pairs if p.record.sched_ns < warm_ns and p.live_hit == p.sim_hit
+                      and p.live_ms is not None and p.sim_ms is not None] + [0.0])
     parted, flips_total = [], 0
-    for r, w, slo, live_hit, live_ms, live_refused, sim_hit, sim_ms, sim_refused in pairs:
-        warm_up = r.sched_ns < warm_ns
-        band = dev_ms(w, 1.0) + (backlog_ms if warm_up else 0.0)
-        movable = any(x is not None and abs(x - slo) <= band for x in (live_ms, sim_ms)) or \
-            (warm_up and live_refused != sim_refused)
+    for p in pairs:
+        warm_up = p.record.sched_ns < warm_ns
+        band = dev_ms(p.workflow, 1.0) + (backlog_ms if warm_up else 0.0)
+        movable = any(x is not None and abs(x - p.slo_ms) <= band for x in (p.live_ms, p.sim_ms)) or \
+            (warm_up and p.live_refused != p.sim_refused)
         flips_total += movable
-        if live_hit != sim_hit and not movable:
-            parted.append(f"{w} at {r.sched_ns / 1e9:.3f} s: live {r.kind} {live_ms} ms, sim {sim_ms} ms refused {sim_refused}")
+        if p.live_hit != p.sim_hit and not movable:
+            parted.append(f"{p.workflow} at {p.record.sched_ns / 1e9:.3f} s: live {p.record.kind} {p.live_ms} ms, "
+                          f"sim {p.sim_ms} ms refused {p.sim_refused}")
     assert not parted, f"{len(parted)} outcomes parted beyond D (+{backlog_ms:.1f} ms of backlog in the warm-up): {parted[:5]} {noise}"
     for w, d in sim_all["per_workflow"].items():  # the pairing read the simulated outcomes the report counts
-        assert sum(p[6] for p in pairs if p[1] == w) == round(d["slo_hit_rate"] * d["invocations"])
+        assert sum(p.sim_hit for p in pairs if p.workflow == w) == round(d["slo_hit_rate"] * d["invocations"])
     live_hits = sum(r.slo_met for r in run.records)
     assert abs(live_hits - round(sim_all["slo_hit_rate"] * sim_all["invocations"])) <= flips_total
     assert 0.2 < sim_all["slo_hit_rate"] < 0.9  # (the fixture) neither all hits nor all misses: the comparison bites
