@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
@@ -27,6 +28,7 @@ from gpufaas.platform.clock import NS_PER_S
 from gpufaas.platform.errors import UserError
 
 COMPLETED = "completed"
+HEAD_START_S = 0.02  # Driver's default head start: the schedule's time 0 is this long after the preflight
 
 
 class Record(NamedTuple):
@@ -60,6 +62,8 @@ class LiveRun:
     usage_before: dict | None = None
     usage_after: dict | None = None
     unfinished: int = 0
+    t0_ns: int = 0
+    """The schedule's time 0 on the monotonic clock (`time.monotonic_ns()`); 0 before the run."""
 
 
 def _error_kind(status: int, raw: bytes) -> str:
@@ -124,12 +128,16 @@ class Driver:
     """An open-loop sender for one run. Build it, then `await run()` (once).
 
     `progress(elapsed_s, sent, done, errors)` is called about twice a second when given (the CLI's bar).
+    The schedule's time 0 is `head_start_s` after the preflight; `on_start(t0_ns)`, when given, is called
+    once with that time 0 on the monotonic clock (`time.monotonic_ns()`, which every process on the host
+    shares) before the first send: `loadgen.fidelity` lines the gateway's own measurements up with it.
     """
 
     def __init__(self, gateway: str, workload: WorkloadSpec, *, seed: int, duration_s: float, load: float = 1.0,
                  connections: int = 256, timeout_s: float = 60.0, source: str = "--workflow",
                  progress: Callable[[float, int, int, int], None] | None = None, check: bool = True,
-                 client: str = "fast", api_key: str | None = None) -> None:
+                 client: str = "fast", api_key: str | None = None, head_start_s: float = HEAD_START_S,
+                 on_start: Callable[[int], None] | None = None) -> None:
         if duration_s <= 0:
             raise UserError(f"--duration: must be > 0 seconds (got {duration_s:g})")
         if load <= 0:
@@ -146,6 +154,8 @@ class Driver:
         self.source = source
         self.progress = progress
         self.check = check
+        self.head_start_s = head_start_s
+        self.on_start = on_start
         targets = workload.targets()
         self.workflows = [t.workflow for t in targets]
         self._urls = [f"{self.gateway}/v1/workflows/{t.workflow}/invoke" for t in targets]
@@ -238,8 +248,11 @@ class Driver:
                     out.usage_before = await preflight(s2, self.gateway, set(self.workflows), self.source)
             it = arrivals(self.workload, self.seed, self.duration_s, self.load)
             tasks: set[asyncio.Task] = set()
-            # NOTE: a short head start so the first arrivals (t_ns near 0) are not late by construction.
-            t0 = loop.time() + 0.02
+            # NOTE: a head start so the first arrivals (t_ns near 0) are not late by construction.
+            t0 = loop.time() + self.head_start_s
+            out.t0_ns = time.monotonic_ns() + int(self.head_start_s * NS_PER_S)
+            if self.on_start is not None:
+                self.on_start(out.t0_ns)
             ticker = loop.create_task(self._report_progress(t0)) if self.progress else None
             one = self._one
             sleep = asyncio.sleep

@@ -3,8 +3,9 @@
 The live side is the real gateway (`gateway.app.create_app`) in this process, on uvloop as `gpufaas up`
 serves it, on a real TCP port (aiohttp `AppRunner`/`TCPSite` on 127.0.0.1), with the scenario's cluster, policy parameters, keep-alive
 and profiles, the inproc or process backend, emulated execution; the scenario's functions and workflows
-are deployed over HTTP and the live driver (`loadgen.driver.Driver`) replays the scenario's workload at
-the given load and seed. The simulated side is `loadgen.simdriver.run_scenario` on the same scenario,
+are deployed over HTTP and the live driver (`loadgen.driver.Driver`), in a process of its own
+(`loadgen.driver_process.DriverProcess`: a load generator does not share its server's loop), replays the
+scenario's workload at the given load and seed. The simulated side is `loadgen.simdriver.run_scenario` on the same scenario,
 load and seed: the same arrival times, invocation for invocation.
 
 What is compared, and why so (each a source of difference that is not the platform's, removed here):
@@ -37,20 +38,22 @@ and given to the simulator's model:
 - cold starts: an emulated worker is a real process, ready in under a second, not the profile's container +
   runtime + model load of seconds (which the policy still plans with, live and simulated alike); the
   simulated run's instances take the live run's measured ones instead (by function, in time order);
-- the loop's stalls: the driver sends from the gateway's own loop, so while a policy pass, a round of
-  worker starts or anything else on the machine holds the loop, the invocations due wait and then reach
-  the controller together; each simulated arrival is delayed by its invocation's measured send lag
-  (`LiveCosts.with_send_lags`), so both controllers see the same bursts.
+- the loop's stalls: while a policy pass, a round of worker starts or anything else on the machine holds
+  the gateway's loop, the requests that come in wait and then reach the controller together; a timer on
+  the gateway's clock at each scheduled arrival (`LoopProbe`) measures how late the loop was then, and each
+  simulated arrival is delayed by the later of that and the driver's own send lag
+  (`LiveCosts.with_arrival_lags`), so both controllers see the same bursts.
 The simulated run therefore follows the live one (`--sim-model measured`, the default; `--sim-model
 profile` simulates with the shipped model alone). The policy's CPU time beyond the stalls it causes (a pass's
 decisions take effect at once in the simulator) and the decisions that these shifts change (batch fill,
-placement) are left to the comparison. `diagnostics` reports the loop's lateness (the
-driver's send lag: timers on the same loop), the gateway's decision time, the HTTP path, the measured
+placement) are left to the comparison. `diagnostics` reports the gateway loop's lateness (`LoopProbe`),
+the driver's send lag, the gateway's decision time, the HTTP path, the measured
 costs (`sim_model`) and the share of each instance that each side's policy started (`instances_started`:
 where they part, the pools that meet the next burst differ, and with them that workflow's tail).
 
 Who calls it: `gpufaas fidelity` (gateway/cli/fidelity_cmd.py) and the tests. What it changes: a temporary
-data folder for the gateway (removed afterwards) and the instances it starts (stopped at the end).
+data folder for the gateway (removed afterwards), the instances it starts and the driver's process (both
+ended before it returns).
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ from gpufaas.loadgen.driver import COMPLETED, LiveRun, Record
 from gpufaas.loadgen.scenario import Scenario
 from gpufaas.platform.backends.process import Costs, Started
 from gpufaas.platform.backends.sim import SimBackend
-from gpufaas.platform.clock import NS_PER_MS, NS_PER_S, Clock, VirtualClock
+from gpufaas.platform.clock import NS_PER_MS, NS_PER_S, Clock, Handle, VirtualClock
 from gpufaas.platform.errors import UserError
 from gpufaas.platform.runtime import Batch, Instance, Invocation, InvocationStatus
 from gpufaas.platform.stats import quantiles
@@ -80,7 +83,10 @@ MAX_P50_REL = 0.15    # |p50_live - p50_sim| / p50_sim
 MAX_P99_REL = 0.30    # |p99_live - p99_sim| / p99_sim
 BACKENDS = ("inproc", "process")
 SIM_MODELS = ("measured", "profile")
-DRIVER_HEAD_START_NS = 20 * NS_PER_MS  # loadgen.driver: the schedule's time 0 is 20 ms after run() starts
+# The driver process's head start: its schedule's time 0 is this long after it reports it (Driver.on_start), so
+# that the gateway's LoopProbe, armed when that report comes in (a pipe and a thread hop, well under 10 ms on
+# a busy 2-core host), is in place before the first arrival.
+DRIVER_HEAD_START_S = 0.25
 REFUSED_KIND_PREFIX = "http_429_"  # loadgen.driver's record kind of a 429 answer: refused at admission
 
 
@@ -160,21 +166,55 @@ class Series:
         return self.value_ns[max(bisect.bisect_right(self.at_ns, t_ns) - 1, 0)]
 
 
+class LoopProbe:
+    """The gateway loop's lateness at each scheduled arrival: a timer on the gateway's clock (the
+    controller's own kind, `Clock.call_at`) at each arrival's scheduled time, `t0_ns` + its offset, and how
+    late it ran (`lag_ns`, keyed (scheduled ns, target) as `Record`). A request that reaches the gateway while
+    its loop is held waits as long as that timer does. One timer is armed at a time; arrivals due together
+    are read at once. Who builds it: `run_live`, when the driver reports its time 0; `stop()` cancels it."""
+
+    def __init__(self, clock: Clock, schedule: Iterable[tuple[int, int]], t0_ns: int) -> None:
+        self._clock = clock
+        self._it = iter(schedule)
+        self._t0_ns = t0_ns
+        self._next: tuple[int, int] | None = next(self._it, None)
+        self._handle: Handle | None = None
+        self.lag_ns: dict[tuple[int, int], int] = {}
+        self._arm()
+
+    def _arm(self) -> None:
+        self._handle = None if self._next is None else self._clock.call_at(self._t0_ns + self._next[0], self._fire)
+
+    def _fire(self) -> None:
+        now = self._clock.now_ns()
+        while self._next is not None and self._t0_ns + self._next[0] <= now:
+            self.lag_ns[self._next] = now - (self._t0_ns + self._next[0])
+            self._next = next(self._it, None)
+        self._arm()
+
+    def stop(self) -> None:
+        """Cancel the armed timer; `lag_ns` keeps what was measured."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 @dataclass(frozen=True)
 class LiveCosts:
     """What the live backend's own path cost in one run, as the simulated run replays it, per function in
     time order: each batch's measured extra time beyond its profiled execution (`Costs.dispatch_ns`) and each
     instance's measured cold start (Start -> ready); and the median cold start of all, for a function the
     live run never started; `started`: each instance the live policy started, in order, its time from the
-    workload's start (not replayed: `diagnostics.instances_started` compares it with the simulated run's); `send_lag_ns`:
-    each invocation's live send lag, replayed as the delay of its simulated arrival (`with_send_lags`)."""
+    workload's start (not replayed: `diagnostics.instances_started` compares it with the simulated run's);
+    `arrival_lag_ns`: each invocation's live arrival lag, replayed as the delay of its simulated arrival
+    (`with_arrival_lags`)."""
 
     dispatch: dict[str, Series]
     cold_start: dict[str, Series]
     cold_start_median_ns: int | None
     started: tuple[Started, ...] = ()
-    send_lag_ns: dict[tuple[int, int], int] = field(default_factory=dict)
-    """(scheduled ns, target) -> how late the live driver sent that invocation (`Record.lag_ns`); see `lag_at`."""
+    arrival_lag_ns: dict[tuple[int, int], int] = field(default_factory=dict)
+    """(scheduled ns, target) -> how late that invocation reached the live gateway's loop; see `with_arrival_lags`."""
 
     @classmethod
     def of(cls, costs: Costs, origin_ns: int) -> "LiveCosts":
@@ -194,19 +234,24 @@ class LiveCosts:
                    {fn: Series.of(xs) for fn, xs in sorted(starts.items())}, colds[len(colds) // 2] if colds else None,
                    tuple(s._replace(start_ns=s.start_ns - origin_ns) for s in costs.started))
 
-    def with_send_lags(self, records: Iterable[Record]) -> "LiveCosts":
-        """These costs and each record's send lag. NOTE: the driver's sends are timers on the gateway's own
-        loop, so a send lag is the time the loop was held by other work (a policy pass, a round of worker
-        starts, whatever else ran on the machine) when the invocation was due: live, the invocations due during
-        such a stall reach the controller together when it ends, and the rate estimate, the batches and the
-        backlog rule all see that burst. Replaying each lag in the simulated run gives it the same arrivals the
-        live controller saw (measured: with it alone, two fidelity rounds met 10 and 9 of 10 rows, against 8 of
-        10 before; esg's early rate interval, `esg_rates.rate_variance`, was the rest)."""
-        return replace(self, send_lag_ns={(r.sched_ns, r.target): max(0, r.lag_ns) for r in records})
+    def with_arrival_lags(self, records: Iterable[Record], loop_lag_ns: dict[tuple[int, int], int]) -> "LiveCosts":
+        """These costs and each invocation's arrival lag: the later of the driver's send lag (`Record.lag_ns`,
+        its own process) and the gateway loop's lateness when it was due (`loop_lag_ns`, `LoopProbe`).
+        NOTE: while the gateway's loop is held by other work (a policy pass, a round of worker starts, whatever
+        else runs on the machine), the requests that come in wait in their sockets and reach the controller
+        together when it ends; the rate estimate, the batches and the backlog rule all see that burst.
+        Replaying each lag in the simulated run gives it the same arrivals the live controller saw (measured
+        when the driver's sends were timers on the gateway's loop, their lag the loop's: with it alone, two
+        fidelity rounds met 10 and 9 of 10 rows, against 8 of 10 before)."""
+        lags = {(r.sched_ns, r.target): max(0, r.lag_ns) for r in records}
+        for key, lag in loop_lag_ns.items():
+            if lag > lags.get(key, 0):
+                lags[key] = lag
+        return replace(self, arrival_lag_ns=lags)
 
     def lag_at(self, t_ns: int, target: int) -> int:
-        """The live send lag of the invocation scheduled at `t_ns` for `target` (0 when not measured)."""
-        return self.send_lag_ns.get((t_ns, target), 0)
+        """The live arrival lag of the invocation scheduled at `t_ns` for `target` (0 when not measured)."""
+        return self.arrival_lag_ns.get((t_ns, target), 0)
 
     def extra_at(self, function: str, t_ns: int) -> int:
         """The measured extra time of `function`'s live batch that started last at or before `t_ns` (0 for a
@@ -230,7 +275,8 @@ class LiveCosts:
                        "mean": round(float(np.mean(s.value_ns)) / NS_PER_MS, 3)}
         cold = None if self.cold_start_median_ns is None else round(self.cold_start_median_ns / NS_PER_MS, 1)
         return {"dispatch_ms": out, "cold_start_ms": cold, "cold_starts": sum(len(s.at_ns) for s in self.cold_start.values()),
-                "send_lags": len(self.send_lag_ns), "send_lag_ms_max": round(max(self.send_lag_ns.values(), default=0) / NS_PER_MS, 3)}
+                "arrival_lags": len(self.arrival_lag_ns),
+                "arrival_lag_ms_max": round(max(self.arrival_lag_ns.values(), default=0) / NS_PER_MS, 3)}
 
 
 class RecordingSimBackend(SimBackend):
@@ -308,7 +354,7 @@ def run_sim(sc: Scenario, policy: str, load: float, seed: int, costs: LiveCosts 
         return b
 
     report = run_scenario(sc, policy, seed=seed, load=load, on_end=ended, queue_bounds=True, on_refused=refused,
-                          sim_backend=backend, arrival_lag_ns=costs.lag_at if costs is not None and costs.send_lag_ns else None)
+                          sim_backend=backend, arrival_lag_ns=costs.lag_at if costs is not None and costs.arrival_lag_ns else None)
     if started is not None:
         started.extend(x for b in backends for x in b.started)
     return report, samples
@@ -348,11 +394,12 @@ def stack_file(scenario_path: Path, folder: Path) -> Path:
 
 
 async def run_live(sc: Scenario, scenario_path: Path, policy: str, load: float, seed: int, backend: str,
-                   folder: Path, timeout_s: float = 30.0) -> tuple[LiveRun, LiveCosts | None]:
+                   folder: Path, timeout_s: float = 30.0) -> tuple[LiveRun, LiveCosts | None, dict[tuple[int, int], int]]:
     """Serve the scenario on a gateway in this process (real port, emulated execution, `backend`), deploy
-    its stack over HTTP, replay its workload with the driver and return the run, with the backend's
-    measured costs (process backend; None for inproc, whose costs are the profile's). The gateway is
-    stopped (its instances with it) before this returns."""
+    its stack over HTTP, replay its workload with the driver in a process of its own (`DriverProcess`) and
+    return the run, the backend's measured costs (process backend; None for inproc, whose costs are the
+    profile's) and the gateway loop's lateness at each arrival (`LoopProbe.lag_ns`). The gateway is stopped
+    (its instances with it) before this returns."""
     import yaml
     from aiohttp import web
 
@@ -360,7 +407,8 @@ async def run_live(sc: Scenario, scenario_path: Path, policy: str, load: float, 
     from gpufaas.gateway.client import Client, deploy_stack, load_stack
     from gpufaas.gateway.config import GatewayConfig
     from gpufaas.gateway.http_io import PLATFORM
-    from gpufaas.loadgen.driver import Driver
+    from gpufaas.loadgen.driver_process import DriverProcess
+    from gpufaas.loadgen.workload import arrivals
     from gpufaas.platform.backends.process import ProcessBackend
 
     cluster = folder / "cluster.yaml"
@@ -373,6 +421,8 @@ async def run_live(sc: Scenario, scenario_path: Path, policy: str, load: float, 
     app = create_app(cfg, profiles_dirs=profiles)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
+    probe: LoopProbe | None = None
+    driver: DriverProcess | None = None
     try:
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
@@ -380,17 +430,24 @@ async def run_live(sc: Scenario, scenario_path: Path, policy: str, load: float, 
         url = f"http://127.0.0.1:{port}"
         items = load_stack(stack_file(scenario_path, folder))
         await asyncio.get_running_loop().run_in_executor(None, lambda: deploy_stack(Client(url, api_key=key), items))
-        driver = Driver(url, sc.workload, seed=seed, duration_s=sc.duration_s, load=load, timeout_s=timeout_s,
-                        source=str(scenario_path), api_key=key)
         plat = app[PLATFORM]
-        # NOTE: the driver starts its schedule a fixed head start after it is called, plus its preflight (a few
-        # ms); aligning the measured costs with the simulated run to within that is far finer than their spells.
-        origin_ns = plat.clock.now_ns() + DRIVER_HEAD_START_NS
-        run = await driver.run()
+        driver = DriverProcess(gateway=url, workload=sc.workload, seed=seed, duration_s=sc.duration_s, load=load,
+                               timeout_s=timeout_s, source=str(scenario_path), api_key=key, head_start_s=DRIVER_HEAD_START_S)
+        await driver.start()
+        origin_ns = await driver.started()
+        probe = LoopProbe(plat.clock, arrivals(sc.workload, seed, sc.duration_s, load), origin_ns)
+        run = await driver.finished()
+        probe.stop()
         live_backend = plat.backend
-        costs = LiveCosts.of(live_backend.costs, origin_ns).with_send_lags(run.records) if isinstance(live_backend, ProcessBackend) else None
-        return run, costs
+        costs = None
+        if isinstance(live_backend, ProcessBackend):
+            costs = LiveCosts.of(live_backend.costs, origin_ns).with_arrival_lags(run.records, probe.lag_ns)
+        return run, costs, probe.lag_ns
     finally:
+        if probe is not None:
+            probe.stop()
+        if driver is not None:
+            await driver.close()
         await runner.cleanup()
 
 
@@ -419,13 +476,15 @@ def pools(sim: Iterable[Started], live: Iterable[Started] | None) -> dict[str, d
     return {fn: out[fn] for fn in sorted(out)}
 
 
-def diagnostics(run: LiveRun, warmup_s: float) -> dict:
-    """What explains live minus sim, measured in the live run: the event loop's lateness (the driver's
-    send lag: its sends are timers on the gateway's loop), the gateway's decision time per pass, the HTTP
+def diagnostics(run: LiveRun, warmup_s: float, loop_lag_ns: dict[tuple[int, int], int]) -> dict:
+    """What explains live minus sim, measured in the live run: the gateway loop's lateness at each arrival
+    (`LoopProbe`), the driver's send lag (its own process), the gateway's decision time per pass, the HTTP
     path (client minus gateway latency per completed invocation) and the live errors."""
-    window = [r for r in run.records if r.sched_ns >= warmup_s * NS_PER_S]
+    cut_ns = warmup_s * NS_PER_S
+    window = [r for r in run.records if r.sched_ns >= cut_ns]
     http = [r.latency_ns / NS_PER_MS - r.server_ms for r in window if r.kind == COMPLETED and r.server_ms is not None]
-    return {"loop_lateness_ms": _pct([r.lag_ns / NS_PER_MS for r in window]),
+    return {"loop_lateness_ms": _pct([lag / NS_PER_MS for (t, _), lag in loop_lag_ns.items() if t >= cut_ns]),
+            "driver_lag_ms": _pct([r.lag_ns / NS_PER_MS for r in window]),
             "decision_us": (run.usage_after or {}).get("decision_us"),
             "http_path_ms": _pct(http),
             "live_errors": {k: sum(1 for r in window if r.kind == k) for k in sorted({r.kind for r in window} - {COMPLETED})}}
@@ -463,7 +522,7 @@ def run_fidelity(scenario_path: str | Path, *, duration_s: float, policy: str = 
     # NOTE: on uvloop, as `gpufaas up` serves (gateway.app.serve): the live side measures the gateway users run.
     with tempfile.TemporaryDirectory(prefix="gpufaas-fidelity-") as tmp, \
             asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        run, costs = runner.run(run_live(sc, path, policy, load, seed, backend, Path(tmp)))
+        run, costs, loop_lag_ns = runner.run(run_live(sc, path, policy, load, seed, backend, Path(tmp)))
     sim_started: list[Started] = []
     report, sim_samples = run_sim(sc, policy, load, seed, costs if sim_model == "measured" else None, sim_started)
     live = live_samples(run, warmup_s)
@@ -473,7 +532,7 @@ def run_fidelity(scenario_path: str | Path, *, duration_s: float, policy: str = 
         if d["live"] is not None and w in client:
             d["live"]["client_p50_ms"] = client[w]["p50_ms"]
             d["live"]["client_p99_ms"] = client[w]["p99_ms"]
-    dg = diagnostics(run, warmup_s)
+    dg = diagnostics(run, warmup_s, loop_lag_ns)
     dg["sim_model"] = costs.summary() if costs is not None and sim_model == "measured" else None
     dg["instances_started"] = pools(sim_started, costs.started if costs is not None else None)
     # refused at admission in the comparison window (per workflow: `per_workflow.*.{sim,live}.refused`)

@@ -85,8 +85,9 @@ def test_measured_sim_backend_adds_the_measured_costs():
     assert sum(s.hit for s in quick) >= sum(s.hit for s in plain)
 
 
-def test_live_send_lags_delay_the_simulated_arrivals_in_order():
-    """A live loop stall holds the invocations due during it; the simulated run replays each one's send lag, so
+def test_live_arrival_lags_delay_the_simulated_arrivals_in_order():
+    """A live loop stall holds the invocations due during it; the simulated run replays each one's arrival lag
+    (the later of the gateway loop's lateness and the driver's send lag), so
     the invocations scheduled in the stall reach the controller together at its end, in their order."""
     from gpufaas.loadgen.driver import COMPLETED, Record
     from gpufaas.loadgen.simdriver import run_scenario
@@ -97,10 +98,13 @@ def test_live_send_lags_delay_the_simulated_arrivals_in_order():
     stall_end_ns = 1_000 * NS_PER_MS  # the loop was held from 0.8 s to 1 s
     in_stall = [(t, i) for t, i in sched if 800 * NS_PER_MS <= t < stall_end_ns]
     assert len(in_stall) >= 3
-    records = [Record(t, i, stall_end_ns - t if (t, i) in in_stall else 0, 0, COMPLETED, True, 1.0) for t, i in sched]
-    costs = F.LiveCosts({}, {}, None).with_send_lags(records)
-    assert costs.lag_at(*in_stall[0]) == stall_end_ns - in_stall[0][0] and costs.lag_at(123, 0) == 0
-    assert costs.summary()["send_lags"] == len(sched)
+    # the loop was held (LoopProbe) over the first half of the stall, the driver was late over the second half
+    half = len(in_stall) // 2
+    loop_lags = {(t, i): stall_end_ns - t for t, i in in_stall[:half]}
+    records = [Record(t, i, stall_end_ns - t if (t, i) in in_stall[half:] else 0, 0, COMPLETED, True, 1.0) for t, i in sched]
+    costs = F.LiveCosts({}, {}, None).with_arrival_lags(records, loop_lags)
+    assert all(costs.lag_at(t, i) == stall_end_ns - t for t, i in in_stall) and costs.lag_at(123, 0) == 0
+    assert costs.summary()["arrival_lags"] == len(sched)
 
     def arrived(lag):
         out: list[tuple[int, int]] = []
@@ -136,6 +140,53 @@ def test_refusals_count_as_misses_without_a_latency_on_both_sides(tmp_path: Path
     assert all(not x.hit and x.latency_ms is None for x in refused)
     stats = F.side_stats(samples)["image-classify"]
     assert stats["refused"] == len(refused) and stats["invocations"] == len(samples)
+
+
+def test_loop_probe_measures_how_late_the_gateway_loop_was_at_each_arrival():
+    """A callback that holds the loop from about 15 ms to 35 ms or later: the arrivals due in the hold are read
+    together when it ends (lags that differ by exactly their schedule's spacing, each at least the hold's
+    remainder), and the arrivals before it and after it are not held."""
+    import time as _time
+
+    sched = [(10 * NS_PER_MS, 0), (20 * NS_PER_MS, 1), (30 * NS_PER_MS, 0), (60 * NS_PER_MS, 1)]
+
+    async def probe() -> dict:
+        clock = LoopClock(asyncio.get_running_loop())
+        t0 = clock.now_ns() + 5 * NS_PER_MS
+        p = F.LoopProbe(clock, sched, t0)
+        clock.call_at(t0 + 15 * NS_PER_MS, lambda: _time.sleep(0.020))
+        await asyncio.sleep(0.1)
+        p.stop()
+        return p.lag_ns
+
+    lag = asyncio.run(probe())
+    assert set(lag) == set(sched)
+    held, later = lag[sched[1]], lag[sched[2]]
+    assert held >= 15 * NS_PER_MS and later >= 5 * NS_PER_MS  # due at 20 and 30 ms, the hold ended at 35 ms or later
+    assert held - later == 10 * NS_PER_MS  # read at the same instant
+    assert lag[sched[0]] < held and lag[sched[3]] < later  # not in the hold (whatever else the machine does)
+
+
+def test_driver_process_reports_a_refused_start_as_one_line_and_ends_its_child():
+    """The driver in its own process: a gateway that does not answer is the driver's one-line UserError,
+    raised by `started()`; `close()` leaves no child behind."""
+    from gpufaas.loadgen.driver_process import DriverProcess
+    from gpufaas.platform.errors import UserError
+
+    sc = load_scenario(resolve_scenario("chain", "--scenario"))
+
+    async def go() -> None:
+        d = DriverProcess(gateway="http://127.0.0.1:9", workload=sc.workload, seed=1, duration_s=1.0)
+        await d.start()
+        try:
+            with pytest.raises(UserError, match="no gateway answered") as e:
+                await d.started()
+            assert "\n" not in str(e.value)
+        finally:
+            await d.close()
+        assert d.returncode == 0  # it exited by itself after its error
+
+    asyncio.run(go())
 
 
 def test_loop_clock_timers_are_not_rounded_to_the_loop_millisecond():
@@ -341,7 +392,7 @@ def test_the_report_names_the_rule_behind_each_start_where_the_pools_parted(caps
            "sim_model": "measured", "warmup_s": 3.0, "sim_decision_us": {"p99": 100.0},
            "per_workflow": {"video-analytics": {"sim": same, "live": same, "within_targets": True,
                                                 "diff": {"slo_hit_rate": 0.0, "p50_rel": 0.0, "p99_rel": 0.0}}},
-           "diagnostics": {"loop_lateness_ms": None, "http_path_ms": None, "decision_us": None, "live_errors": {},
+           "diagnostics": {"loop_lateness_ms": None, "driver_lag_ms": None, "http_path_ms": None, "decision_us": None, "live_errors": {},
                            "sim_model": None, "instances_started": pools}}
     print_report(doc)
     out = capsys.readouterr().out

@@ -41,10 +41,12 @@ def print_report(doc: dict) -> None:
     con.print(t)
     dg = doc["diagnostics"]
     lag, http, dec = dg["loop_lateness_ms"] or {}, dg["http_path_ms"] or {}, dg["decision_us"] or {}
+    send = dg["driver_lag_ms"] or {}
     con.print(f"latency: the gateway's own (arrival to end), ms; refused (sim/live): by admission at the door (live: HTTP 429; sim: the "
               f"same queue bound), counted as misses and left out of p50/p99. "
               f"Targets: |Δ hit| <= 0.03, p50 within 15 %, p99 within 30 %.\n"
-              f"live loop lateness p50/p99 {lag.get('p50', '-')}/{lag.get('p99', '-')} ms; decision p99 {dec.get('p99', '-')} us "
+              f"live loop lateness p50/p99 {lag.get('p50', '-')}/{lag.get('p99', '-')} ms; driver send lag p99 {send.get('p99', '-')} ms; "
+              f"decision p99 {dec.get('p99', '-')} us "
               f"(sim {doc['sim_decision_us'].get('p99', '-')} us); HTTP path p50 {http.get('p50', '-')} ms"
               + (f"; live errors {dg['live_errors']}" if dg["live_errors"] else ""), highlight=False)
     model = dg["sim_model"]
