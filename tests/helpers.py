@@ -1,5 +1,6 @@
 """Builders for unit tests: small clusters, functions, workflows and a controller on a fake or sim backend;
-the golden simulation cases (test_core_sim.py, regen_golden.py); waiting on a condition with a deadline."""
+the golden simulation cases (test_core_sim.py, regen_golden.py); waiting on a condition with a deadline; a
+wire frame body laid out by hand (`wire_body`), as a peer other than `platform.wire.encode` would send one."""
 
 from __future__ import annotations
 
@@ -154,3 +155,18 @@ workload:
     - {stream}
 """)
     return p
+
+
+def wire_body(fields: object, data: bytes = b"") -> bytes:
+    """A frame body as platform/wire.py's module docstring lays it out, built here independently of
+    `wire.encode`: the map's length, `fields` packed as given (any value, valid or not), then `data` from the
+    next multiple of `wire.ALIGN` bytes (a tensor extension's offset counts from there)."""
+    import struct
+
+    import msgpack
+
+    from gpufaas.platform import wire
+
+    meta = msgpack.packb(fields, use_bin_type=True)
+    head = 4 + len(meta)
+    return struct.pack(">I", len(meta)) + meta + bytes(-head % wire.ALIGN if data else 0) + data

@@ -26,7 +26,7 @@ from gpufaas.platform.errors import SpecError
 from gpufaas.platform.specs import (MAX_AFTER, MAX_BUNDLE_BYTES, MAX_BUNDLE_FILE_BYTES, MAX_BUNDLE_FILES, MAX_NAME_LEN, MAX_STAGES, MAX_TENSOR_DIMS,
                                     NAME_RE, FunctionSpec, WorkflowSpec, parse)
 from gpufaas.platform.units import INT64_MAX_NS, MAX_DURATION_MS, MAX_DURATION_S, ms_to_ns, s_to_ns
-from tests.helpers import AUTH
+from tests.helpers import AUTH, wire_body
 from tests.test_gateway_api import expect_error, make_cfg
 
 FN = {"name": "f1", "model": "preprocess", "shares": [1.0], "batch_sizes": [1]}
@@ -321,12 +321,13 @@ def test_bundle_files_limits_and_paths():
         assert e.value.status == 422 and e.value.message.startswith("files.") and "\n" not in e.value.message
 
 
-@pytest.mark.parametrize("shape, raw, part", [([0, 2**40, 2**40], b"", "shape"), ([2**62] * 32, b"", "shape"), ([True], b"\0", "shape"),
-                                             ([1] * 33, b"\0", "shape"), ([3], b"\0\0", "data")])
-def test_wire_refuses_tensor_headers(shape, raw, part):
-    ext = msgpack.ExtType(wire.TENSOR_EXT, msgpack.packb(["uint8", shape, raw], use_bin_type=True))
+@pytest.mark.parametrize("shape, raw, offset, part", [([0, 2**40, 2**40], b"", 0, "shape"), ([2**62] * 32, b"", 0, "shape"),
+                                                     ([True], b"\0", 0, "shape"), ([1] * 33, b"\0", 0, "shape"), ([3], b"\0\0", 0, "data"),
+                                                     ([2], b"\0\0", 2**63 - 1, "data"), ([1], b"\0", True, "data"), ([1], b"\0", 0.0, "data")])
+def test_wire_refuses_tensor_headers(shape, raw, offset, part):
+    ext = msgpack.ExtType(wire.TENSOR_EXT, msgpack.packb(["uint8", shape, offset], use_bin_type=True))
     with pytest.raises(wire.WireError, match=f"malformed tensor.*: {part}: "):
-        wire.decode(msgpack.packb({"v": wire.VERSION, "k": int(wire.Kind.BATCH), "items": [ext]}, use_bin_type=True))
+        wire.decode(wire_body({"v": wire.VERSION, "k": int(wire.Kind.BATCH), "items": [ext]}, raw))
 
 
 # ---------------------------------------------------------------- fuzzing: only our own error types come out
@@ -383,20 +384,22 @@ def test_fuzz_wire_decode_raw_bytes(body):
 
 
 @FUZZ
-@given(dtype=st.one_of(st.sampled_from(DTYPES), JSON_LIKE), shape=SHAPES, raw=st.one_of(st.binary(max_size=64), JSON_LIKE),
-       kind=st.integers(min_value=-1, max_value=9), version=st.sampled_from([1, 1, 0, None, "1"]))
-def test_fuzz_wire_decode_tensor_headers(dtype, shape, raw, kind, version):
+@given(dtype=st.one_of(st.sampled_from(DTYPES), JSON_LIKE), shape=SHAPES, data=st.binary(max_size=64),
+       offset=st.one_of(st.integers(min_value=-2, max_value=70), JSON_LIKE),
+       kind=st.integers(min_value=-1, max_value=9), version=st.sampled_from([2, 2, 1, 0, None, "2"]))
+def test_fuzz_wire_decode_tensor_headers(dtype, shape, data, offset, kind, version):
     try:
-        ext = msgpack.ExtType(wire.TENSOR_EXT, msgpack.packb([dtype, shape, raw], use_bin_type=True))
+        ext = msgpack.ExtType(wire.TENSOR_EXT, msgpack.packb([dtype, shape, offset], use_bin_type=True))
     except (OverflowError, ValueError):  # a header msgpack cannot hold at all (an int past 64 bits)
         return
-    body = msgpack.packb({"v": version, "k": kind, "items": [{"x": ext}]}, use_bin_type=True)
+    body = wire_body({"v": version, "k": kind, "items": [{"x": ext}]}, data)
     try:
         _, msg = wire.decode(body)
     except wire.WireError:
         return
     arr = msg["items"][0]["x"]
-    assert arr.dtype.name == dtype and list(arr.shape) == shape and arr.nbytes == len(raw)
+    assert arr.dtype.name == dtype and list(arr.shape) == shape and offset + arr.nbytes <= len(data)
+    assert arr.tobytes() == data[offset:offset + arr.nbytes] and not arr.flags.writeable
 
 
 NAMES = st.sampled_from(["a", "b", "c", "f1", "A", "../a", "", "a" * 70, "a/b"])

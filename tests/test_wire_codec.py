@@ -1,4 +1,5 @@
-"""The wire codec: typed, versioned frames; tensors as (dtype, shape, raw bytes); malformed frames refused."""
+"""The wire codec: typed, versioned frames; tensors out of band as (dtype, shape, offset) and their bytes,
+read back as read-only views without a copy; malformed frames refused."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from gpufaas.platform import wire
 from gpufaas.platform.wire import Kind, WireError
+from tests.helpers import wire_body
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "float64", "int64", "int32", "uint8", "bool"])
@@ -18,10 +20,27 @@ from gpufaas.platform.wire import Kind, WireError
 def test_tensor_round_trip(dtype: str, shape: tuple) -> None:
     rng = np.random.default_rng(1)
     a = np.asarray(rng.standard_normal(shape) * 100).astype(dtype)
-    kind, m = wire.decode_frame(wire.encode(Kind.BATCH, id=7, items=[{"x": a}, None], hold_ns=None))
+    frame = wire.encode(Kind.BATCH, id=7, items=[{"x": a}, None, {"y": a}], hold_ns=None)
+    kind, m = wire.decode_frame(frame)
     assert kind is Kind.BATCH and m["id"] == 7 and m["items"][1] is None and m["hold_ns"] is None
-    b = m["items"][0]["x"]
-    assert b.dtype == a.dtype and b.shape == a.shape and np.array_equal(a, b)
+    for b in (m["items"][0]["x"], m["items"][2]["y"]):
+        assert b.dtype == a.dtype and b.shape == a.shape and np.array_equal(a, b)
+        assert not b.flags.writeable  # a view of the frame, not a copy
+    if a.nbytes:
+        assert np.shares_memory(m["items"][0]["x"], np.frombuffer(frame, np.uint8))
+
+
+def test_tensor_bytes_are_aligned_and_handed_over_without_a_copy() -> None:
+    """`encode_parts` gives the transport each contiguous tensor's own buffer; the decoded tensors start at
+    multiples of wire.ALIGN into the body."""
+    a, b = np.arange(10, dtype=np.float32), np.ones((3, 5), np.uint8)
+    parts = wire.encode_parts(Kind.RESULT, outputs=[{"a": a}, {"b": b}])
+    views = [p for p in parts if isinstance(p, memoryview)]
+    assert len(views) == 2 and np.shares_memory(np.frombuffer(views[0], np.float32), a)
+    body = b"".join(parts)[4:]
+    _, m = wire.decode(body)
+    base = np.frombuffer(body, np.uint8).ctypes.data
+    assert all((m["outputs"][i][k].ctypes.data - base) % wire.ALIGN == 0 for i, k in ((0, "a"), (1, "b")))
 
 
 def test_non_contiguous_and_scalars() -> None:
@@ -40,24 +59,29 @@ def test_unsendable_objects_are_refused_not_pickled() -> None:
         wire.encode(Kind.BATCH, items=[np.array(["a"], dtype=object)])
 
 
-def _body(obj: object) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+def _tensor_ext(dtype: object, shape: object, offset: object) -> msgpack.ExtType:
+    return msgpack.ExtType(wire.TENSOR_EXT, msgpack.packb([dtype, shape, offset], use_bin_type=True))
 
 
-def _tensor_ext(dtype: str, shape: list, raw: bytes) -> msgpack.ExtType:
-    return msgpack.ExtType(wire.TENSOR_EXT, _body([dtype, shape, raw]))
+V = wire.VERSION
 
 
 @pytest.mark.parametrize("body, match", [
-    (b"\xc1\xc1\xc1", "malformed frame"),
-    (_body([1, 2]), "expected a map"),
-    (_body({"v": 99, "k": 3}), "wire version 99"),
-    (_body({"k": 3}), "wire version None"),
-    (_body({"v": 1, "k": 42}), "unknown message kind 42"),
-    (_body({"v": 1, "k": 3, "x": _tensor_ext("float32", [2, 2], b"\0" * 15)}), "needs 16 bytes, got 15"),
-    (_body({"v": 1, "k": 3, "x": _tensor_ext("object", [1], b"\0")}), "malformed tensor header"),
-    (_body({"v": 1, "k": 3, "x": _tensor_ext("uint8", [-1], b"")}), "malformed tensor header"),
-    (_body({"v": 1, "k": 3, "x": msgpack.ExtType(9, b"")}), "unknown extension type 9"),
+    (b"\xc1\xc1", "shorter than its map's length"),
+    (struct.pack(">I", 9) + b"\x80", "overruns"),
+    (struct.pack(">I", 3) + b"\xc1\xc1\xc1", "malformed frame"),
+    (wire_body([1, 2]), "expected a map"),
+    (wire_body({"v": 99, "k": 3}), "wire version 99"),
+    (wire_body({"v": 1, "k": 3}), "wire version 1 is not supported"),  # version 1 carried tensors in the map
+    (wire_body({"k": 3}), "wire version None"),
+    (wire_body({"v": V, "k": 42}), "unknown message kind 42"),
+    (wire_body({"v": V, "k": 3, "x": _tensor_ext("float32", [2, 2], 0)}, b"\0" * 15), "needs 16 bytes, the frame holds 15"),
+    (wire_body({"v": V, "k": 3, "x": _tensor_ext("float32", [2], 1)}, b"\0" * 8), "at offset 1 needs 8 bytes"),
+    (wire_body({"v": V, "k": 3, "x": _tensor_ext("uint8", [1], -1)}, b"\0"), "at offset -1"),
+    (wire_body({"v": V, "k": 3, "x": _tensor_ext("uint8", [1], b"\0")}, b"\0"), "malformed tensor: data"),
+    (wire_body({"v": V, "k": 3, "x": _tensor_ext("object", [1], 0)}, b"\0"), "malformed tensor header"),
+    (wire_body({"v": V, "k": 3, "x": _tensor_ext("uint8", [-1], 0)}), "malformed tensor header"),
+    (wire_body({"v": V, "k": 3, "x": msgpack.ExtType(9, b"")}), "unknown extension type 9"),
 ])
 def test_malformed_frames(body: bytes, match: str) -> None:
     with pytest.raises(WireError, match=match):

@@ -63,7 +63,7 @@ class _Link:
         self.pending: dict[int, Batch] = {}
 
     def send_batch(self, batch_id: int, items: list, hold_ns: int) -> None:
-        self.writer.write(wire.encode(wire.Kind.BATCH, id=batch_id, items=items, hold_ns=hold_ns))
+        self.writer.writelines(wire.encode_parts(wire.Kind.BATCH, id=batch_id, items=items, hold_ns=hold_ns))
 
     async def next_message(self) -> tuple[wire.Kind, dict]:
         """The next message other than a heartbeat."""

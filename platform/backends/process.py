@@ -188,7 +188,7 @@ class ProcessBackend:
             hold_ns = inst.batch_latency_ns(len(batch.jobs))
         items = batch.outputs if batch.outputs is not None else [None] * len(batch.jobs)
         try:
-            frame = wire.encode(Kind.BATCH, id=batch.id, items=items, hold_ns=hold_ns)
+            frame = wire.encode_parts(Kind.BATCH, id=batch.id, items=items, hold_ns=hold_ns)
         except TypeError as e:
             why = f"payload cannot be sent: {e}"  # bound now: `e` is unset once the except block ends
             self.clock.call_soon(lambda: self.ctl.on_batch_done(inst, batch, None, why))
@@ -197,7 +197,7 @@ class ProcessBackend:
         w.hold_ns = hold_ns
         limit_ns = (hold_ns or 0) + int(self.hang_timeout_s * NS_PER_S)
         w.hang = self.clock.call_at(self.clock.now_ns() + limit_ns, self._on_hang, inst.id, batch.id)
-        w.writer.write(frame)
+        w.writer.writelines(frame)
 
     def stop(self, inst: Instance) -> None:
         """Ask the worker to exit (STOP), kill it after a grace period; no callback follows."""
