@@ -167,6 +167,7 @@ def test_loop_probe_measures_how_late_the_gateway_loop_was_at_each_arrival():
     assert lag[sched[0]] < held and lag[sched[3]] < later  # not in the hold (whatever else the machine does)
 
 
+@pytest.mark.live
 def test_driver_process_reports_a_refused_start_as_one_line_and_ends_its_child():
     """The driver in its own process: a gateway that does not answer is the driver's one-line UserError,
     raised by `started()`; `close()` leaves no child behind."""
