@@ -62,8 +62,6 @@ class LiveRun:
     usage_before: dict | None = None
     usage_after: dict | None = None
     unfinished: int = 0
-    t0_ns: int = 0
-    """The schedule's time 0 on the monotonic clock (`time.monotonic_ns()`); 0 before the run."""
 
 
 def _error_kind(status: int, raw: bytes) -> str:
@@ -250,9 +248,8 @@ class Driver:
             tasks: set[asyncio.Task] = set()
             # NOTE: a head start so the first arrivals (t_ns near 0) are not late by construction.
             t0 = loop.time() + self.head_start_s
-            out.t0_ns = time.monotonic_ns() + int(self.head_start_s * NS_PER_S)
             if self.on_start is not None:
-                self.on_start(out.t0_ns)
+                self.on_start(time.monotonic_ns() + int(self.head_start_s * NS_PER_S))
             ticker = loop.create_task(self._report_progress(t0)) if self.progress else None
             one = self._one
             sleep = asyncio.sleep

@@ -437,7 +437,6 @@ async def run_live(sc: Scenario, scenario_path: Path, policy: str, load: float, 
         origin_ns = await driver.started()
         probe = LoopProbe(plat.clock, arrivals(sc.workload, seed, sc.duration_s, load), origin_ns)
         run = await driver.finished()
-        probe.stop()
         live_backend = plat.backend
         costs = None
         if isinstance(live_backend, ProcessBackend):

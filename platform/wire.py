@@ -103,10 +103,9 @@ def tensor_from(dtype: object, shape: object, raw: object, dtypes: frozenset[str
     NOTE: the type checks come before any lookup or arithmetic (a list dtype is unhashable), and the span is
     bounded dim by dim, so a hostile shape never builds a huge integer; zeros are skipped in the span because
     numpy refuses a shape whose non-zero dims overflow even when the array is empty."""
+    dt, dims, n = _span(dtype, shape, dtypes)  # the header's own errors first
     if type(raw) is not bytes:
-        _span(dtype, shape, dtypes)  # the header's own errors first
         raise TensorHeaderError("data", f"expected bytes, got {type(raw).__name__}")
-    dt, dims, n = _span(dtype, shape, dtypes)
     if n != len(raw):
         raise TensorHeaderError("data", f"{dtype}{str(shape)[:80]} needs {n} bytes, got {len(raw)}")
     return np.frombuffer(raw, dtype=dt).reshape(dims)
