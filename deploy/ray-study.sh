@@ -11,6 +11,9 @@ PORT=${PORT:-6390}
 POL=esg,infless,fastgshare,static,batch1-wholegpu
 SCENARIOS=(chain video mixed)
 mkdir -p "$OUT"
+# a fresh machine has no token yet (the head then refuses to start: "no authentication token was found"):
+# make one if none exists, as Ray's own hint says; an existing ~/.ray/auth_token is kept
+$B/ray get-auth-token --generate >/dev/null
 $B/ray stop --force >/dev/null 2>&1 || true
 trap '$B/ray stop --force >/dev/null 2>&1 || true' EXIT
 $B/ray start --head --port "$PORT" --num-cpus 1 --include-dashboard=false --disable-usage-stats >"$OUT/head.log" 2>&1

@@ -498,6 +498,19 @@ def check_scenario(sc: Scenario) -> None:
         raise UserError(f"--scenario: {sc.name} has tenants; fidelity replays single-tenant scenarios (chain, video, mixed)")
 
 
+def load_checked(path: Path, duration_s: float) -> Scenario:
+    """The scenario at `path` as a fidelity run replays it: `duration_s` of arrivals; UserError when the live
+    side cannot replay it (`check_scenario`), SpecError when its warm-up is not shorter than `duration_s`.
+    Who calls it: `run_fidelity`, and `gpufaas fidelity` for every scenario of a study before its first run."""
+    from gpufaas.loadgen.scenario import load_scenario
+
+    sc = load_scenario(path)
+    check_scenario(sc)
+    sc = sc.model_copy(update={"duration_s": duration_s})
+    sc.effective_warmup_s()  # SpecError when the scenario's warm-up is not shorter than --duration
+    return sc
+
+
 def run_fidelity(scenario_path: str | Path, *, duration_s: float, policy: str = "esg", load: float = 1.0,
                  seed: int | None = None, backend: str = "process", sim_model: str = "measured") -> dict:
     """Run the scenario live, then simulated (module docstring; `sim_model` "measured": with the live
@@ -506,17 +519,14 @@ def run_fidelity(scenario_path: str | Path, *, duration_s: float, policy: str = 
     import uvloop
 
     from gpufaas.loadgen.results import effective_params, file_sha256, run_meta
-    from gpufaas.loadgen.scenario import load_scenario
 
     if backend not in BACKENDS:
         raise UserError(f"--backend: {backend!r} is not one of {', '.join(BACKENDS)}")
     if sim_model not in SIM_MODELS:
         raise UserError(f"--sim-model: {sim_model!r} is not one of {', '.join(SIM_MODELS)}")
     path = Path(scenario_path)
-    sc = load_scenario(path)
-    check_scenario(sc)
-    sc = sc.model_copy(update={"duration_s": duration_s})
-    warmup_s = sc.effective_warmup_s()  # SpecError when the scenario's warm-up is not shorter than --duration
+    sc = load_checked(path, duration_s)
+    warmup_s = sc.effective_warmup_s()
     seed = sc.seed if seed is None else seed
     # NOTE: on uvloop, as `gpufaas up` serves (gateway.app.serve): the live side measures the gateway users run.
     with tempfile.TemporaryDirectory(prefix="gpufaas-fidelity-") as tmp, \

@@ -1,5 +1,7 @@
 """`gpufaas fidelity`: run one workload on the live gateway and in the simulator; report per workflow
 SLO hit, p50 and p99 from both and their differences (`loadgen/fidelity.py` says what is compared how).
+Given several scenarios, loads or rounds, it runs the study (`loadgen/fidelity_study.py`): every pair,
+round after round, each run a child process, and reports each row's rounds met and ranges.
 
 Who calls it: people and the tests. What it changes: nothing that stays (a temporary gateway folder, and
 the gateway's instances, stopped at the end).
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -64,10 +67,58 @@ def print_report(doc: dict) -> None:
                           highlight=False)
 
 
+def print_study(study: dict) -> None:
+    """A study as a rich table on stdout: per (scenario, load, workflow) the rounds it met the targets in and
+    the range of each difference over the rounds (live minus sim), then the rows met in all."""
+    from rich.console import Console
+    from rich.table import Table
+
+    def span(xs: list[float] | None, fmt: str, scale: float = 1.0, unit: str = "") -> str:
+        if xs is None:
+            return "-"
+        lo, hi = (scale * x for x in xs)
+        return f"{lo:{fmt}}{unit}" if lo == hi else f"{lo:{fmt}} to {hi:{fmt}}{unit}"
+
+    p = study["study"]
+    t = Table(title=f"fidelity study: {p['rounds']} round(s) of {', '.join(p['scenarios'])} x load "
+                    f"{', '.join(f'{x:g}' for x in p['loads'])}, {p['duration_s']:g} s each, {p['policy']} "
+                    f"({p['backend']} backend, sim model: {p['sim_model']})")
+    for col in ("scenario", "load", "workflow", "met", "Δ hit", "Δ p50", "Δ p99"):
+        t.add_column(col, justify="right" if col == "load" else "left")
+    for r in study["rows"]:
+        met = f"{r['met']} of {r['runs']}"
+        t.add_row(r["scenario"], f"{r['load']:g}", r["workflow"], f"[green]{met}[/]" if r["met"] == r["runs"] else f"[red]{met}[/]",
+                  span(r["d_hit"], "+.3f"), span(r["d_p50_rel"], "+.0f", 100, " %"), span(r["d_p99_rel"], "+.0f", 100, " %"))
+    con = Console(width=max(120, Console().width))
+    con.print(t)
+    con.print(f"rows met: {study['rows_met']} of {study['rows_total']} (a row: one workflow in one run; targets: "
+              f"|Δ hit| <= 0.03, p50 within 15 %, p99 within 30 %); each run's own report: --json or --out DIR", highlight=False)
+
+
+def _floats(value: str, flag: str) -> list[float]:
+    """`--load 0.5,1` -> [0.5, 1.0]; UserError naming `flag` for anything but positive finite numbers."""
+    out = []
+    for part in value.split(","):
+        try:
+            x = float(part)
+        except ValueError:
+            raise UserError(f"{flag}: {part.strip()!r} is not a number; give positive numbers separated by commas, e.g. 0.5,1") from None
+        if not x > 0 or x == float("inf"):
+            raise UserError(f"{flag}: must be positive numbers, got {part.strip()}")
+        out.append(x)
+    return out
+
+
 @click.command("fidelity")
-@click.option("--scenario", "scenario", required=True, metavar="NAME|FILE", help="a shipped scenario (chain, video, mixed) or a scenario YAML file")
+@click.option("--scenario", "scenario", required=True, metavar="NAME|FILE[,...]",
+              help="a shipped scenario (chain, video, mixed) or a scenario YAML file; several, comma-separated, run a study")
 @click.option("--duration", "duration_s", type=float, default=30.0, show_default=True, help="seconds of arrivals, live and simulated")
-@click.option("--load", type=float, default=1.0, show_default=True, help="multiplies every arrival rate")
+@click.option("--load", "load_arg", default="1", show_default=True, metavar="FLOAT[,...]",
+              help="multiplies every arrival rate; several, comma-separated, run a study")
+@click.option("--rounds", type=int, default=1, show_default=True,
+              help="run every (scenario, load) pair this many times, round after round (a study)")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="write each run's JSON to this folder (r{round}-{scenario}-{load}.json), as it ends")
 @click.option("--seed", type=int, default=None, help="seed of the arrivals [default: the scenario's]")
 @click.option("--policy", default="esg", show_default=True, help="the policy, live and simulated")
 @click.option("--backend", type=click.Choice(["process", "inproc"]), default="process", show_default=True,
@@ -76,34 +127,74 @@ def print_report(doc: dict) -> None:
               help="measured: the simulated run takes the live run's measured dispatch and cold-start costs "
                    "(process backend); profile: the simulator's shipped model alone")
 @click.option("--json", "as_json", is_flag=True, help="print exactly one JSON object on stdout")
-def fidelity(scenario: str, duration_s: float, load: float, seed: int | None, policy: str, backend: str, sim_model: str,
-             as_json: bool) -> None:
+def fidelity(scenario: str, duration_s: float, load_arg: str, rounds: int, out_dir: Path | None, seed: int | None,
+             policy: str, backend: str, sim_model: str, as_json: bool) -> None:
     """Serve SCENARIO live (gateway in this process, real port, emulated GPUs) and simulate it at the same seed;
-    compare SLO hit, p50 and p99 per workflow.
+    compare SLO hit, p50 and p99 per workflow. Several scenarios, loads or rounds run a study: every
+    (scenario, load) pair back to back, round after round, each run in a process of its own, reported per
+    row (scenario, load, workflow) as the rounds it met the targets in and the range of each difference.
 
     \b
       gpufaas fidelity --scenario chain --duration 30
       gpufaas fidelity --scenario video --load 0.5 --backend inproc --json
       gpufaas fidelity --scenario mixed --sim-model profile   # the simulator's shipped model alone
+      gpufaas fidelity --scenario chain,video,mixed --load 0.5,1 --rounds 5 --out runs/   # the README's study
     """
-    from gpufaas.loadgen.fidelity import run_fidelity
+    from gpufaas.loadgen import fidelity_study
+    from gpufaas.loadgen.fidelity import SIM_MODELS, load_checked, run_fidelity
     from gpufaas.loadgen.scenario import resolve_scenario
     from gpufaas.platform.policy.registry import builtin_registry
 
     if not duration_s > 0 or duration_s == float("inf"):
         raise UserError(f"--duration: must be a positive number of seconds, got {duration_s:g}")
-    if not load > 0 or load == float("inf"):
-        raise UserError(f"--load: must be a positive number, got {load:g}")
+    loads = _floats(load_arg, "--load")
+    if rounds < 1:
+        raise UserError(f"--rounds: must be 1 or more, got {rounds}")
     reg = builtin_registry()
     if policy not in reg:
         raise UserError(f"--policy: unknown policy '{policy}'; registered policies: {', '.join(reg.names())}")
-    path = resolve_scenario(scenario, "--scenario")
-    doc = run_fidelity(path, duration_s=duration_s, policy=policy, load=load, seed=seed, backend=backend, sim_model=sim_model)
+    if sim_model not in SIM_MODELS:
+        raise UserError(f"--sim-model: {sim_model!r} is not one of {', '.join(SIM_MODELS)}")
+    names = [s.strip() for s in scenario.split(",")]
+    if not all(names):
+        raise UserError(f"--scenario: {scenario!r} has an empty name; give names or files separated by commas")
+    # every scenario checked before the first run: a study is long, and a bad name should not end it half-way
+    paths = [resolve_scenario(n, "--scenario") for n in names]
+    for p in paths:
+        load_checked(p, duration_s)
+    todo = fidelity_study.cells(names, loads, rounds)
+    if len(todo) == 1:
+        doc = run_fidelity(paths[0], duration_s=duration_s, policy=policy, load=loads[0], seed=seed, backend=backend,
+                           sim_model=sim_model)
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / todo[0].file_name()).write_text(json.dumps(doc) + "\n")
+        if as_json:
+            json.dump(doc, sys.stdout)
+            sys.stdout.write("\n")
+        else:
+            print_report(doc)
+        return
+    from gpufaas.gateway.cli import progress
+
+    with progress.make(as_json) as bar:  # runs done of all on stderr (a terminal, no --json)
+        task = bar.add_task("fidelity runs", total=len(todo), info="")
+
+        def on_run(cell: fidelity_study.Cell, doc: dict) -> None:
+            rows = doc["per_workflow"].values()
+            bar.update(task, advance=1, info=f"round {cell.round}: {cell.scenario} at load {cell.load:g}: "
+                                              f"{sum(d['within_targets'] for d in rows)} of {len(rows)} rows met")
+
+        docs = fidelity_study.run_study(todo, duration_s=duration_s, seed=seed, policy=policy, backend=backend,
+                                        sim_model=sim_model, out=out_dir, on_run=on_run)
+    study = {"study": {"scenarios": names, "loads": loads, "rounds": rounds, "duration_s": duration_s, "seed": seed,
+                       "policy": policy, "backend": backend, "sim_model": sim_model},
+             **fidelity_study.summarize(docs), "runs": docs}
     if as_json:
-        json.dump(doc, sys.stdout)
+        json.dump(study, sys.stdout)
         sys.stdout.write("\n")
     else:
-        print_report(doc)
+        print_study(study)
 
 
 COMMANDS = [fidelity]

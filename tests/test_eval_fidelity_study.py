@@ -1,0 +1,111 @@
+"""`gpufaas fidelity` as a study (several scenarios, loads or rounds; `loadgen/fidelity_study.py`): the order
+of its runs, its per-row summary on hand-made run documents, a failing run named in one line, bad input
+refused before the first run, and one short study of two live runs (inproc backend, emulated GPUs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gpufaas.loadgen import fidelity_study as S
+from gpufaas.platform.errors import UserError
+from tests.conftest import FUNCTIONS, SCENARIOS
+from tests.helpers import run_cli
+
+
+def _run(scenario: str, load: float, rows: dict[str, tuple[float, float | None, float | None, bool]]) -> dict:
+    """A run document as `gpufaas fidelity --json` prints it, reduced to what the summary reads: per workflow
+    (Δ hit, Δ p50 rel, Δ p99 rel, within targets)."""
+    return {"scenario": scenario, "load": load,
+            "per_workflow": {wf: {"diff": {"slo_hit_rate": h, "p50_rel": p50, "p99_rel": p99}, "within_targets": ok}
+                             for wf, (h, p50, p99, ok) in rows.items()}}
+
+
+def test_cells_run_round_by_round_every_pair_in_each():
+    cells = S.cells(["chain", "video"], [0.5, 1.0], 2)
+    assert [(c.round, c.scenario, c.load) for c in cells] == [
+        (1, "chain", 0.5), (1, "chain", 1.0), (1, "video", 0.5), (1, "video", 1.0),
+        (2, "chain", 0.5), (2, "chain", 1.0), (2, "video", 0.5), (2, "video", 1.0)]
+    assert cells[5].file_name() == "r2-chain-1.json"
+    assert S.Cell(1, "/x/my-scenario.yaml", 0.25).file_name() == "r1-my-scenario-0.25.json"
+
+
+def test_summary_counts_rows_met_and_spans_each_difference_over_the_rounds():
+    docs = [_run("mixed", 1.0, {"a": (0.01, 0.05, -0.10, True), "b": (-0.05, 0.20, 0.0, False)}),
+            _run("mixed", 1.0, {"a": (-0.02, 0.07, 0.25, True), "b": (0.0, None, None, False)}),
+            _run("chain", 0.5, {"a": (0.0, 0.04, 0.02, True)})]
+    s = S.summarize(docs)
+    assert (s["rows_met"], s["rows_total"], s["within_targets"]) == (3, 5, False)
+    rows = {(r["scenario"], r["load"], r["workflow"]): r for r in s["rows"]}
+    assert list(rows) == [("mixed", 1.0, "a"), ("mixed", 1.0, "b"), ("chain", 0.5, "a")]  # first seen first
+    a = rows[("mixed", 1.0, "a")]
+    assert (a["runs"], a["met"]) == (2, 2)
+    assert a["d_hit"] == [-0.02, 0.01] and a["d_p50_rel"] == [0.05, 0.07] and a["d_p99_rel"] == [-0.10, 0.25]
+    b = rows[("mixed", 1.0, "b")]
+    assert (b["runs"], b["met"]) == (2, 0)
+    assert b["d_p50_rel"] == [0.20, 0.20]  # the run without a p50 (none completed) adds no point
+    assert S.summarize([_run("chain", 1.0, {"a": (0.0, 0.0, 0.0, True)})])["within_targets"] is True
+    assert S.summarize([])["rows"] == []
+
+
+@pytest.mark.live
+def test_a_failing_run_is_one_line_naming_the_run_and_the_childs_error(tmp_path: Path):
+    with pytest.raises(UserError) as e:
+        S.run_study([S.Cell(2, "nosuch", 0.5)], duration_s=5.0, seed=None, policy="esg", backend="inproc",
+                    sim_model="measured", out=tmp_path / "runs")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("fidelity run nosuch at load 0.5 (round 2) failed:")
+    assert "no scenario 'nosuch'" in msg  # the child's own error line
+    assert list((tmp_path / "runs").iterdir()) == []  # nothing written for a run that failed
+
+
+@pytest.mark.parametrize("argv, needle", [(["--scenario", "chain", "--load", "0.5,x"], "--load"),
+                                          (["--scenario", "chain", "--load", "0.5,0"], "--load"),
+                                          (["--scenario", "chain,,video"], "empty name"),
+                                          (["--scenario", "chain,nosuch", "--rounds", "2"], "nosuch"),
+                                          (["--scenario", "chain,noisy-tenant"], "tenants"),
+                                          (["--scenario", "chain", "--rounds", "0"], "--rounds")])
+def test_bad_study_input_is_refused_before_any_run_with_exit_2(capsys, argv, needle):
+    code, out, err = run_cli(["fidelity", *argv], capsys)
+    assert code == 2 and out == ""
+    assert err.startswith("error:") and err.count("\n") == 1 and needle in err
+
+
+@pytest.mark.live
+@pytest.mark.slow
+def test_a_study_of_two_loads_reports_each_row_and_writes_each_run(tmp_path: Path, capsys):
+    sc = tmp_path / "sc.yaml"
+    sc.write_text(f"""
+name: fid-study
+seed: 3
+duration_s: 4
+warmup_s: 1
+drain_s: 10
+cluster: {SCENARIOS / 'clusters' / 'a100x4.yaml'}
+functions: [{FUNCTIONS / 'preprocess'}, {FUNCTIONS / 'resnet50'}]
+workflows: [{FUNCTIONS / 'workflows' / 'image-classify.yaml'}]
+workload:
+  streams:
+    - {{workflow: image-classify, arrival: poisson, rate_rps: 30}}
+""")
+    out_dir = tmp_path / "runs"
+    code, out, err = run_cli(["fidelity", "--scenario", str(sc), "--load", "0.5,1", "--duration", "4", "--backend", "inproc",
+                              "--out", str(out_dir), "--json"], capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["study"]["loads"] == [0.5, 1.0] and doc["study"]["rounds"] == 1
+    runs = doc["runs"]
+    assert [(r["round"], r["load"], r["seed"]) for r in runs] == [(1, 0.5, 3), (1, 1.0, 3)]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["r1-sc-0.5.json", "r1-sc-1.json"]
+    assert json.loads((out_dir / "r1-sc-1.json").read_text())["per_workflow"] == runs[1]["per_workflow"]
+    # the study's rows are its runs' rows: one per (load, workflow), met as the run says
+    assert [(r["load"], r["workflow"], r["runs"]) for r in doc["rows"]] == [(0.5, "image-classify", 1), (1.0, "image-classify", 1)]
+    for row, run in zip(doc["rows"], runs):
+        d = run["per_workflow"]["image-classify"]
+        assert row["met"] == int(d["within_targets"])
+        assert row["d_hit"] == [d["diff"]["slo_hit_rate"]] * 2
+        assert run["per_workflow"]["image-classify"]["sim"]["invocations"] > 20  # the load scaled, both ran
+    assert runs[1]["per_workflow"]["image-classify"]["sim"]["invocations"] > runs[0]["per_workflow"]["image-classify"]["sim"]["invocations"]
+    assert doc["rows_total"] == 2 and doc["rows_met"] == sum(r["met"] for r in doc["rows"])
