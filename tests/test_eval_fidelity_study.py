@@ -11,14 +11,15 @@ import pytest
 
 from gpufaas.loadgen import fidelity_study as S
 from gpufaas.platform.errors import UserError
-from tests.conftest import FUNCTIONS, SCENARIOS
-from tests.helpers import run_cli
+from tests.helpers import run_cli, tiny_scenario
 
 
-def _run(scenario: str, load: float, rows: dict[str, tuple[float, float | None, float | None, bool]]) -> dict:
-    """A run document as `gpufaas fidelity --json` prints it, reduced to what the summary reads: per workflow
-    (Δ hit, Δ p50 rel, Δ p99 rel, within targets)."""
-    return {"scenario": scenario, "load": load,
+def _run(scenario: str, load: float, rows: dict[str, tuple[float, float | None, float | None, bool]], rnd: int = 1,
+         lag_p99_ms: float | None = None) -> dict:
+    """A run document as `gpufaas fidelity --json` prints it (with the study's `round`), reduced to what the
+    summary reads: per workflow (Δ hit, Δ p50 rel, Δ p99 rel, within targets), the loop lateness p99."""
+    return {"scenario": scenario, "load": load, "round": rnd,
+            "diagnostics": {"loop_lateness_ms": None if lag_p99_ms is None else {"p50": 0.1, "p99": lag_p99_ms}},
             "per_workflow": {wf: {"diff": {"slo_hit_rate": h, "p50_rel": p50, "p99_rel": p99}, "within_targets": ok}
                              for wf, (h, p50, p99, ok) in rows.items()}}
 
@@ -33,11 +34,13 @@ def test_cells_run_round_by_round_every_pair_in_each():
 
 
 def test_summary_counts_rows_met_and_spans_each_difference_over_the_rounds():
-    docs = [_run("mixed", 1.0, {"a": (0.01, 0.05, -0.10, True), "b": (-0.05, 0.20, 0.0, False)}),
-            _run("mixed", 1.0, {"a": (-0.02, 0.07, 0.25, True), "b": (0.0, None, None, False)}),
-            _run("chain", 0.5, {"a": (0.0, 0.04, 0.02, True)})]
+    docs = [_run("mixed", 1.0, {"a": (0.01, 0.05, -0.10, True), "b": (-0.05, 0.20, 0.0, False)}, 1, 2.5),
+            _run("mixed", 1.0, {"a": (-0.02, 0.07, 0.25, True), "b": (0.0, None, None, False)}, 2, 19.0),
+            _run("chain", 0.5, {"a": (0.0, 0.04, 0.02, True)}, 2, 3.0)]
     s = S.summarize(docs)
     assert (s["rows_met"], s["rows_total"], s["within_targets"]) == (3, 5, False)
+    assert s["rounds"] == [{"round": 1, "rows_met": 1, "rows_total": 2, "loop_lateness_p99_ms": 2.5},
+                           {"round": 2, "rows_met": 2, "rows_total": 3, "loop_lateness_p99_ms": 19.0}]  # the round's worst
     rows = {(r["scenario"], r["load"], r["workflow"]): r for r in s["rows"]}
     assert list(rows) == [("mixed", 1.0, "a"), ("mixed", 1.0, "b"), ("chain", 0.5, "a")]  # first seen first
     a = rows[("mixed", 1.0, "a")]
@@ -76,20 +79,7 @@ def test_bad_study_input_is_refused_before_any_run_with_exit_2(capsys, argv, nee
 @pytest.mark.live
 @pytest.mark.slow
 def test_a_study_of_two_loads_reports_each_row_and_writes_each_run(tmp_path: Path, capsys):
-    sc = tmp_path / "sc.yaml"
-    sc.write_text(f"""
-name: fid-study
-seed: 3
-duration_s: 4
-warmup_s: 1
-drain_s: 10
-cluster: {SCENARIOS / 'clusters' / 'a100x4.yaml'}
-functions: [{FUNCTIONS / 'preprocess'}, {FUNCTIONS / 'resnet50'}]
-workflows: [{FUNCTIONS / 'workflows' / 'image-classify.yaml'}]
-workload:
-  streams:
-    - {{workflow: image-classify, arrival: poisson, rate_rps: 30}}
-""")
+    sc = tiny_scenario(tmp_path, "{workflow: image-classify, arrival: poisson, rate_rps: 30}")
     out_dir = tmp_path / "runs"
     code, out, err = run_cli(["fidelity", "--scenario", str(sc), "--load", "0.5,1", "--duration", "4", "--backend", "inproc",
                               "--out", str(out_dir), "--json"], capsys)
@@ -98,8 +88,8 @@ workload:
     assert doc["study"]["loads"] == [0.5, 1.0] and doc["study"]["rounds"] == 1
     runs = doc["runs"]
     assert [(r["round"], r["load"], r["seed"]) for r in runs] == [(1, 0.5, 3), (1, 1.0, 3)]
-    assert sorted(p.name for p in out_dir.iterdir()) == ["r1-sc-0.5.json", "r1-sc-1.json"]
-    assert json.loads((out_dir / "r1-sc-1.json").read_text())["per_workflow"] == runs[1]["per_workflow"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["r1-tiny-0.5.json", "r1-tiny-1.json"]
+    assert json.loads((out_dir / "r1-tiny-1.json").read_text())["per_workflow"] == runs[1]["per_workflow"]
     # the study's rows are its runs' rows: one per (load, workflow), met as the run says
     assert [(r["load"], r["workflow"], r["runs"]) for r in doc["rows"]] == [(0.5, "image-classify", 1), (1.0, "image-classify", 1)]
     for row, run in zip(doc["rows"], runs):
@@ -109,3 +99,5 @@ workload:
         assert run["per_workflow"]["image-classify"]["sim"]["invocations"] > 20  # the load scaled, both ran
     assert runs[1]["per_workflow"]["image-classify"]["sim"]["invocations"] > runs[0]["per_workflow"]["image-classify"]["sim"]["invocations"]
     assert doc["rows_total"] == 2 and doc["rows_met"] == sum(r["met"] for r in doc["rows"])
+    lags = [r["diagnostics"]["loop_lateness_ms"]["p99"] for r in runs]
+    assert doc["rounds"] == [{"round": 1, "rows_met": doc["rows_met"], "rows_total": 2, "loop_lateness_p99_ms": max(lags)}]

@@ -93,6 +93,10 @@ def print_study(study: dict) -> None:
     con.print(t)
     con.print(f"rows met: {study['rows_met']} of {study['rows_total']} (a row: one workflow in one run; targets: "
               f"|Δ hit| <= 0.03, p50 within 15 %, p99 within 30 %); each run's own report: --json or --out DIR", highlight=False)
+    con.print("per round, rows met and the gateway loop's lateness p99 at worst (how short of CPU the host was): "
+              + "; ".join(f"{r['round']}: {r['rows_met']} of {r['rows_total']}, "
+                          + ("-" if r["loop_lateness_p99_ms"] is None else f"{r['loop_lateness_p99_ms']:.1f} ms")
+                          for r in study["rounds"]), highlight=False)
 
 
 def _floats(value: str, flag: str) -> list[float]:
