@@ -69,7 +69,8 @@ def test_a_failing_run_is_one_line_naming_the_run_and_the_childs_error(tmp_path:
                                           (["--scenario", "chain,,video"], "empty name"),
                                           (["--scenario", "chain,nosuch", "--rounds", "2"], "nosuch"),
                                           (["--scenario", "chain,noisy-tenant"], "tenants"),
-                                          (["--scenario", "chain", "--rounds", "0"], "--rounds")])
+                                          (["--scenario", "chain", "--rounds", "0"], "--rounds"),
+                                          (["--scenario", "chain", "--out", "/proc/no/such"], "--out")])
 def test_bad_study_input_is_refused_before_any_run_with_exit_2(capsys, argv, needle):
     code, out, err = run_cli(["fidelity", *argv], capsys)
     assert code == 2 and out == ""
@@ -81,7 +82,7 @@ def test_bad_study_input_is_refused_before_any_run_with_exit_2(capsys, argv, nee
 def test_a_study_of_two_loads_reports_each_row_and_writes_each_run(tmp_path: Path, capsys):
     sc = tiny_scenario(tmp_path, "{workflow: image-classify, arrival: poisson, rate_rps: 30}")
     out_dir = tmp_path / "runs"
-    code, out, err = run_cli(["fidelity", "--scenario", str(sc), "--load", "0.5,1", "--duration", "4", "--backend", "inproc",
+    code, out, err = run_cli(["fidelity", "--scenario", str(sc), "--load", "0.5,1", "--duration", "3", "--backend", "inproc",
                               "--out", str(out_dir), "--json"], capsys)
     assert code == 0, err
     doc = json.loads(out)

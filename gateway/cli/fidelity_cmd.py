@@ -166,12 +166,16 @@ def fidelity(scenario: str, duration_s: float, load_arg: str, rounds: int, out_d
     paths = [resolve_scenario(n, "--scenario") for n in names]
     for p in paths:
         load_checked(p, duration_s)
+    if out_dir is not None:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"--out: cannot make the folder {out_dir}: {e.strerror or e}; give a folder you can write") from None
     todo = fidelity_study.cells(names, loads, rounds)
     if len(todo) == 1:
         doc = run_fidelity(paths[0], duration_s=duration_s, policy=policy, load=loads[0], seed=seed, backend=backend,
                            sim_model=sim_model)
         if out_dir is not None:
-            out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / todo[0].file_name()).write_text(json.dumps(doc) + "\n")
         if as_json:
             json.dump(doc, sys.stdout)
