@@ -97,8 +97,8 @@ def summarize(docs: Iterable[dict]) -> dict:
     rounds: dict[int, dict] = {}
     met = total = 0
     for doc in docs:
-        rnd = rounds.setdefault(doc.get("round", 1), {"round": doc.get("round", 1), "rows_met": 0, "rows_total": 0,
-                                                      "loop_lateness_p99_ms": None})
+        r = doc.get("round", 1)
+        rnd = rounds.setdefault(r, {"round": r, "rows_met": 0, "rows_total": 0, "loop_lateness_p99_ms": None})
         lag = (doc.get("diagnostics", {}).get("loop_lateness_ms") or {}).get("p99")
         if lag is not None and (rnd["loop_lateness_p99_ms"] is None or lag > rnd["loop_lateness_p99_ms"]):
             rnd["loop_lateness_p99_ms"] = lag

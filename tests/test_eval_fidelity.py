@@ -332,7 +332,15 @@ def test_a_wake_that_falls_due_during_a_live_pass_runs_at_once():
                                           (["--scenario", "chain", "--policy", "nosuch"], "unknown policy"),
                                           (["--scenario", "chain", "--sim-model", "nosuch"], "--sim-model"),
                                           (["--scenario", "nosuch"], "--scenario"),
-                                          (["--scenario", "noisy-tenant"], "tenants")])
+                                          (["--scenario", "noisy-tenant"], "tenants"),
+                                          # a study's input, every part checked before its first run
+                                          (["--scenario", "chain", "--load", "0.5,x"], "--load"),
+                                          (["--scenario", "chain", "--load", "0.5,0"], "--load"),
+                                          (["--scenario", "chain,,video"], "empty name"),
+                                          (["--scenario", "chain,nosuch", "--rounds", "2"], "nosuch"),
+                                          (["--scenario", "chain,noisy-tenant"], "tenants"),
+                                          (["--scenario", "chain", "--rounds", "0"], "--rounds"),
+                                          (["--scenario", "chain", "--out", "/proc/no/such"], "--out")])
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, needle):
     code, out, err = run_cli(["fidelity", *argv], capsys)
     assert code == 2 and out == ""

@@ -1,6 +1,7 @@
 """`gpufaas fidelity` as a study (several scenarios, loads or rounds; `loadgen/fidelity_study.py`): the order
-of its runs, its per-row summary on hand-made run documents, a failing run named in one line, bad input
-refused before the first run, and one short study of two live runs (inproc backend, emulated GPUs)."""
+of its runs, its per-row summary on hand-made run documents, a failing run named in one line, and one short
+study of two live runs (inproc backend, emulated GPUs). Bad study input (refused before the first run) is
+among tests/test_eval_fidelity.py's bad-input cases."""
 
 from __future__ import annotations
 
@@ -62,19 +63,6 @@ def test_a_failing_run_is_one_line_naming_the_run_and_the_childs_error(tmp_path:
     assert "\n" not in msg and msg.startswith("fidelity run nosuch at load 0.5 (round 2) failed:")
     assert "no scenario 'nosuch'" in msg  # the child's own error line
     assert list((tmp_path / "runs").iterdir()) == []  # nothing written for a run that failed
-
-
-@pytest.mark.parametrize("argv, needle", [(["--scenario", "chain", "--load", "0.5,x"], "--load"),
-                                          (["--scenario", "chain", "--load", "0.5,0"], "--load"),
-                                          (["--scenario", "chain,,video"], "empty name"),
-                                          (["--scenario", "chain,nosuch", "--rounds", "2"], "nosuch"),
-                                          (["--scenario", "chain,noisy-tenant"], "tenants"),
-                                          (["--scenario", "chain", "--rounds", "0"], "--rounds"),
-                                          (["--scenario", "chain", "--out", "/proc/no/such"], "--out")])
-def test_bad_study_input_is_refused_before_any_run_with_exit_2(capsys, argv, needle):
-    code, out, err = run_cli(["fidelity", *argv], capsys)
-    assert code == 2 and out == ""
-    assert err.startswith("error:") and err.count("\n") == 1 and needle in err
 
 
 @pytest.mark.live

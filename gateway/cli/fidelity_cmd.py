@@ -99,20 +99,6 @@ def print_study(study: dict) -> None:
                           for r in study["rounds"]), highlight=False)
 
 
-def _floats(value: str, flag: str) -> list[float]:
-    """`--load 0.5,1` -> [0.5, 1.0]; UserError naming `flag` for anything but positive finite numbers."""
-    out = []
-    for part in value.split(","):
-        try:
-            x = float(part)
-        except ValueError:
-            raise UserError(f"{flag}: {part.strip()!r} is not a number; give positive numbers separated by commas, e.g. 0.5,1") from None
-        if not x > 0 or x == float("inf"):
-            raise UserError(f"{flag}: must be positive numbers, got {part.strip()}")
-        out.append(x)
-    return out
-
-
 @click.command("fidelity")
 @click.option("--scenario", "scenario", required=True, metavar="NAME|FILE[,...]",
               help="a shipped scenario (chain, video, mixed) or a scenario YAML file; several, comma-separated, run a study")
@@ -144,6 +130,7 @@ def fidelity(scenario: str, duration_s: float, load_arg: str, rounds: int, out_d
       gpufaas fidelity --scenario mixed --sim-model profile   # the simulator's shipped model alone
       gpufaas fidelity --scenario chain,video,mixed --load 0.5,1 --rounds 5 --out runs/   # the README's study
     """
+    from gpufaas.gateway.cli.sim import parse_loads
     from gpufaas.loadgen import fidelity_study
     from gpufaas.loadgen.fidelity import SIM_MODELS, load_checked, run_fidelity
     from gpufaas.loadgen.scenario import resolve_scenario
@@ -151,7 +138,7 @@ def fidelity(scenario: str, duration_s: float, load_arg: str, rounds: int, out_d
 
     if not duration_s > 0 or duration_s == float("inf"):
         raise UserError(f"--duration: must be a positive number of seconds, got {duration_s:g}")
-    loads = _floats(load_arg, "--load")
+    loads = parse_loads(load_arg, "--load", "--load 0.5,1")
     if rounds < 1:
         raise UserError(f"--rounds: must be 1 or more, got {rounds}")
     reg = builtin_registry()

@@ -31,15 +31,21 @@ def parse_sweep(value: str | None) -> list[float]:
     key, sep, rest = value.partition("=")
     if not sep or key.strip() != "load":
         raise UserError(f"--sweep: expected 'load=V1,V2,...' (e.g. load=0.5,1,2,4), got '{value}'")
+    return parse_loads(rest, "--sweep", "load=0.5,1,2")
+
+
+def parse_loads(values: str, flag: str, example: str) -> list[float]:
+    """`0.5,1,2` -> [0.5, 1.0, 2.0]: load multipliers, each a positive finite number; UserError naming `flag`
+    and showing `example` otherwise. Who calls it: `parse_sweep` and `gpufaas fidelity --load`."""
     loads = []
-    for v in rest.split(","):
+    for v in values.split(","):
         v = v.strip()
         try:
             x = float(v)
         except ValueError:
             x = float("nan")
         if not (x > 0 and x != float("inf")):
-            raise UserError(f"--sweep: load '{v}' is not a positive number; give positive multipliers such as load=0.5,1,2")
+            raise UserError(f"{flag}: load '{v}' is not a positive number; give positive multipliers such as {example}")
         loads.append(x)
     return loads
 
