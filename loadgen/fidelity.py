@@ -46,8 +46,11 @@ and given to the simulator's model:
 The simulated run therefore follows the live one (`--sim-model measured`, the default; `--sim-model
 profile` simulates with the shipped model alone). The policy's CPU time beyond the stalls it causes (a pass's
 decisions take effect at once in the simulator) and the decisions that these shifts change (batch fill,
-placement) are left to the comparison. `diagnostics` reports the gateway loop's lateness (`LoopProbe`),
-the driver's send lag, the gateway's decision time, the HTTP path, the measured
+placement) are left to the comparison, as is the host's CPU: the live side's GPUs are processes on this
+machine's cores, and when the machine is short of CPU (its own run or other work) the live side slows
+where the simulated one does not. `diagnostics` reports the gateway loop's lateness (`LoopProbe`), the
+host's CPU over the live run (`host_cpu`: the share of the time some task waited for a CPU, the busy
+share, the run's own CPU time and the rest's; `loadgen.host_cpu`), the driver's send lag, the gateway's decision time, the HTTP path, the measured
 costs (`sim_model`) and the share of each instance that each side's policy started (`instances_started`:
 where they part, the pools that meet the next burst differ, and with them that workflow's tail).
 
@@ -68,6 +71,7 @@ from typing import Iterable
 
 import numpy as np
 
+from gpufaas.loadgen import host_cpu
 from gpufaas.loadgen.driver import COMPLETED, LiveRun, Record
 from gpufaas.loadgen.scenario import Scenario
 from gpufaas.platform.backends.process import Costs, Started
@@ -528,10 +532,12 @@ def run_fidelity(scenario_path: str | Path, *, duration_s: float, policy: str = 
     sc = load_checked(path, duration_s)
     warmup_s = sc.effective_warmup_s()
     seed = sc.seed if seed is None else seed
+    cpu0 = host_cpu.snapshot()
     # NOTE: on uvloop, as `gpufaas up` serves (gateway.app.serve): the live side measures the gateway users run.
     with tempfile.TemporaryDirectory(prefix="gpufaas-fidelity-") as tmp, \
             asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         run, costs, loop_lag_ns = runner.run(run_live(sc, path, policy, load, seed, backend, Path(tmp)))
+    host = host_cpu.usage(cpu0, host_cpu.snapshot(), host_cpu.cores())  # the gateway, its workers and the driver ended
     sim_started: list[Started] = []
     report, sim_samples = run_sim(sc, policy, load, seed, costs if sim_model == "measured" else None, sim_started)
     live = live_samples(run, warmup_s)
@@ -542,6 +548,7 @@ def run_fidelity(scenario_path: str | Path, *, duration_s: float, policy: str = 
             d["live"]["client_p50_ms"] = client[w]["p50_ms"]
             d["live"]["client_p99_ms"] = client[w]["p99_ms"]
     dg = diagnostics(run, warmup_s, loop_lag_ns)
+    dg["host_cpu"] = host
     dg["sim_model"] = costs.summary() if costs is not None and sim_model == "measured" else None
     dg["instances_started"] = pools(sim_started, costs.started if costs is not None else None)
     # refused at admission in the comparison window (per workflow: `per_workflow.*.{sim,live}.refused`)

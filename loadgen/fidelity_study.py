@@ -90,18 +90,26 @@ def summarize(docs: Iterable[dict]) -> dict:
     its runs, the rounds it met the targets in (`met`), and the range over the rounds of each difference
     (live minus sim: `d_hit`, `d_p50_rel`, `d_p99_rel`, [least, greatest], None when never measured); and
     `rows_met` / `rows_total` over every run's rows, `within_targets` when all met; and `rounds`, per round
-    (the runs' `round`, 1 when absent) its rows met and the largest of its runs' gateway loop lateness at p99
-    (`loop_lateness_p99_ms`, `diagnostics.loop_lateness_ms`): how short of CPU the host was in that round,
-    which the simulator does not model (README "Fidelity"), to read beside the round's misses. Pure."""
+    (the runs' `round`, 1 when absent) its rows met and, the largest over its runs, the gateway loop's
+    lateness at p99 (`loop_lateness_p99_ms`, `diagnostics.loop_lateness_ms`), the share of the time some task
+    waited for a CPU, the host's busy share and the CPU seconds of other processes (`host_waiting_share`,
+    `host_busy_share`, `other_cpu_s`, `diagnostics.host_cpu`; None when not measured): how short of CPU the
+    host was in that round, which the simulator does not model (README "Fidelity"), to read beside the
+    round's misses. Pure."""
     rows: dict[tuple[str, float, str], dict] = {}
     rounds: dict[int, dict] = {}
     met = total = 0
     for doc in docs:
         r = doc.get("round", 1)
-        rnd = rounds.setdefault(r, {"round": r, "rows_met": 0, "rows_total": 0, "loop_lateness_p99_ms": None})
-        lag = (doc.get("diagnostics", {}).get("loop_lateness_ms") or {}).get("p99")
-        if lag is not None and (rnd["loop_lateness_p99_ms"] is None or lag > rnd["loop_lateness_p99_ms"]):
-            rnd["loop_lateness_p99_ms"] = lag
+        rnd = rounds.setdefault(r, {"round": r, "rows_met": 0, "rows_total": 0, "loop_lateness_p99_ms": None,
+                                    "host_waiting_share": None, "host_busy_share": None, "other_cpu_s": None})
+        dg = doc.get("diagnostics", {})
+        host = dg.get("host_cpu") or {}
+        for name, x in (("loop_lateness_p99_ms", (dg.get("loop_lateness_ms") or {}).get("p99")),
+                        ("host_waiting_share", host.get("waiting_share")), ("host_busy_share", host.get("busy_share")),
+                        ("other_cpu_s", host.get("other_cpu_s"))):
+            if x is not None and (rnd[name] is None or x > rnd[name]):
+                rnd[name] = x
         for wf, d in doc["per_workflow"].items():
             key = (doc["scenario"], doc["load"], wf)
             row = rows.setdefault(key, {"scenario": key[0], "load": key[1], "workflow": wf, "runs": 0, "met": 0,

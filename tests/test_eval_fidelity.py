@@ -1,6 +1,6 @@
 """`gpufaas fidelity`: the comparison's arithmetic on hand-made figures, the measured-cost model of the
 simulated side (`LiveCosts`, `MeasuredSimBackend`) on hand-made costs, what the process backend measures,
-the instances each side started, the live clock's precise timers, a live pass that outlasts its own wake, bad input, and one short live run against its simulation (inproc
+the instances each side started, the host's CPU figures, the live clock's precise timers, a live pass that outlasts its own wake, bad input, and one short live run against its simulation (inproc
 backend, emulated GPUs), judged with tolerances derived from the run's own measurements, as
 tests/test_loadgen_live_vs_sim.py does."""
 
@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from gpufaas.loadgen import fidelity as F
+from gpufaas.loadgen import host_cpu
 from gpufaas.loadgen.scenario import load_scenario, resolve_scenario
 from gpufaas.platform.backends.fake import FakeBackend
 from gpufaas.platform.backends.process import Costs
@@ -25,6 +26,7 @@ from tests.conftest import FUNCTIONS, SCENARIOS
 from tests.helpers import run_cli
 
 EPOLL_GRANULARITY_MS = 1.0
+TICK_S = 0.02  # CPU times count in clock ticks (USER_HZ, 100 per second on Linux): two ticks of rounding, either end
 
 
 def test_side_stats_and_compare():
@@ -41,6 +43,32 @@ def test_side_stats_and_compare():
         assert F.compare(sim, {"w": {**sim["w"], key: bad}})["w"]["within_targets"] is False, key
     only = F.compare(sim, {})  # a workflow the live run never saw fails the targets
     assert only["w"]["live"] is None and only["w"]["within_targets"] is False
+
+
+def test_host_cpu_usage_splits_the_machines_busy_time_into_the_runs_and_the_rest():
+    a = host_cpu.CpuSnapshot(at_ns=0, busy_s=100.0, steal_s=3.0, own_s=1.0, waiting_s=50.0)
+    b = host_cpu.CpuSnapshot(at_ns=10_000_000_000, busy_s=116.0, steal_s=3.5, own_s=13.0, waiting_s=52.5)
+    assert host_cpu.usage(a, b, 2) == {"cores": 2, "wall_s": 10.0, "waiting_share": 0.25, "busy_share": 0.8, "own_cpu_s": 12.0,
+                                       "other_cpu_s": 4.0, "steal_s": 0.5}
+    # the machine's busy time is sampled per tick and can fall below the run's own: the rest is then 0, not negative
+    c = host_cpu.CpuSnapshot(at_ns=10_000_000_000, busy_s=111.0, steal_s=3.0, own_s=13.0)
+    assert host_cpu.usage(a, c, 2)["other_cpu_s"] == 0.0
+    assert host_cpu.usage(a, c, 2)["waiting_share"] is None  # the kernel did not report it
+    text = "some avg10=4.54 avg60=9.08 avg300=6.23 total=102689110\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
+    assert host_cpu.parse_pressure(text) == 102.68911
+    with pytest.raises(ValueError):
+        host_cpu.parse_pressure("full avg10=0.00 total=0\n")
+
+
+def test_host_cpu_counts_this_processs_own_work():
+    before = host_cpu.snapshot()
+    t_end = before.at_ns + 300_000_000
+    x = 0
+    while host_cpu.snapshot().at_ns < t_end:  # 0.3 s on one core
+        x += sum(range(1000))
+    u = host_cpu.usage(before, host_cpu.snapshot(), host_cpu.cores())
+    assert u["own_cpu_s"] >= 0.3 / 2  # half of it even on a machine busy enough to take the other half
+    assert u["own_cpu_s"] <= u["busy_share"] * u["cores"] * u["wall_s"] + TICK_S  # the machine's busy time holds it
 
 
 def test_live_costs_are_replayed_in_time_order():
@@ -388,6 +416,9 @@ workload:
         assert lv["client_p50_ms"] >= lv["p50_ms"]  # the client side adds the HTTP path
         assert set(s) >= {"slo_hit_rate", "p50_ms", "p99_ms"} and set(lv) >= {"slo_hit_rate", "p50_ms", "p99_ms"}
         assert d["diff"]["p50_ms"] == pytest.approx(lv["p50_ms"] - s["p50_ms"], abs=1e-3)
+    host = dg["host_cpu"]  # over the live run: the gateway (this process) served 8 s of arrivals and deployed first
+    assert host["wall_s"] >= 8 and host["own_cpu_s"] > 0 and 0 < host["busy_share"] <= 1
+    assert host["waiting_share"] is None or 0 <= host["waiting_share"] <= 1
 
 
 def test_the_report_names_the_rule_behind_each_start_where_the_pools_parted(capsys):
@@ -402,8 +433,12 @@ def test_the_report_names_the_rule_behind_each_start_where_the_pools_parted(caps
            "per_workflow": {"video-analytics": {"sim": same, "live": same, "within_targets": True,
                                                 "diff": {"slo_hit_rate": 0.0, "p50_rel": 0.0, "p99_rel": 0.0}}},
            "diagnostics": {"loop_lateness_ms": None, "driver_lag_ms": None, "http_path_ms": None, "decision_us": None, "live_errors": {},
-                           "sim_model": None, "instances_started": pools}}
+                           "sim_model": None, "instances_started": pools,
+                           "host_cpu": {"cores": 2, "wall_s": 33.2, "waiting_share": 0.37, "busy_share": 0.91, "own_cpu_s": 48.5,
+                                        "other_cpu_s": 11.9, "steal_s": 0.4}}}
     print_report(doc)
     out = capsys.readouterr().out
     assert "vit-b16 [2] / [2, 3]" in out
     assert "vit-b16 live: 0.031 s 2 (need), 1.232 s 3 (shed)" in out and "vit-b16 sim: 0.018 s 2 (need)" in out
+    assert ("(33.2 s, 2 cores): some task waited for a CPU 37 % of the time; 91 % busy; this run's processes 48.5 core-s, "
+            "other processes 11.9, steal 0.4") in " ".join(out.split())  # as one line, however the console wrapped it

@@ -16,11 +16,15 @@ from tests.helpers import run_cli, tiny_scenario
 
 
 def _run(scenario: str, load: float, rows: dict[str, tuple[float, float | None, float | None, bool]], rnd: int = 1,
-         lag_p99_ms: float | None = None) -> dict:
+         lag_p99_ms: float | None = None, busy: float | None = None, other_s: float | None = None) -> dict:
     """A run document as `gpufaas fidelity --json` prints it (with the study's `round`), reduced to what the
-    summary reads: per workflow (Δ hit, Δ p50 rel, Δ p99 rel, within targets), the loop lateness p99."""
+    summary reads: per workflow (Δ hit, Δ p50 rel, Δ p99 rel, within targets), the loop lateness p99, the
+    host's busy share and other processes' CPU seconds."""
+    host = None if busy is None else {"cores": 2, "wall_s": 31.0, "waiting_share": busy / 4, "busy_share": busy, "own_cpu_s": 20.0,
+                                      "other_cpu_s": other_s, "steal_s": 0.0}
     return {"scenario": scenario, "load": load, "round": rnd,
-            "diagnostics": {"loop_lateness_ms": None if lag_p99_ms is None else {"p50": 0.1, "p99": lag_p99_ms}},
+            "diagnostics": {"loop_lateness_ms": None if lag_p99_ms is None else {"p50": 0.1, "p99": lag_p99_ms},
+                            "host_cpu": host},
             "per_workflow": {wf: {"diff": {"slo_hit_rate": h, "p50_rel": p50, "p99_rel": p99}, "within_targets": ok}
                              for wf, (h, p50, p99, ok) in rows.items()}}
 
@@ -36,12 +40,15 @@ def test_cells_run_round_by_round_every_pair_in_each():
 
 def test_summary_counts_rows_met_and_spans_each_difference_over_the_rounds():
     docs = [_run("mixed", 1.0, {"a": (0.01, 0.05, -0.10, True), "b": (-0.05, 0.20, 0.0, False)}, 1, 2.5),
-            _run("mixed", 1.0, {"a": (-0.02, 0.07, 0.25, True), "b": (0.0, None, None, False)}, 2, 19.0),
-            _run("chain", 0.5, {"a": (0.0, 0.04, 0.02, True)}, 2, 3.0)]
+            _run("mixed", 1.0, {"a": (-0.02, 0.07, 0.25, True), "b": (0.0, None, None, False)}, 2, 19.0, 0.97, 4.0),
+            _run("chain", 0.5, {"a": (0.0, 0.04, 0.02, True)}, 2, 3.0, 0.99, 1.5)]
     s = S.summarize(docs)
     assert (s["rows_met"], s["rows_total"], s["within_targets"]) == (3, 5, False)
-    assert s["rounds"] == [{"round": 1, "rows_met": 1, "rows_total": 2, "loop_lateness_p99_ms": 2.5},
-                           {"round": 2, "rows_met": 2, "rows_total": 3, "loop_lateness_p99_ms": 19.0}]  # the round's worst
+    # per round its worst run; round 1's run measured no host figures
+    assert s["rounds"] == [{"round": 1, "rows_met": 1, "rows_total": 2, "loop_lateness_p99_ms": 2.5, "host_waiting_share": None,
+                            "host_busy_share": None, "other_cpu_s": None},
+                           {"round": 2, "rows_met": 2, "rows_total": 3, "loop_lateness_p99_ms": 19.0, "host_waiting_share": 0.2475,
+                            "host_busy_share": 0.99, "other_cpu_s": 4.0}]
     rows = {(r["scenario"], r["load"], r["workflow"]): r for r in s["rows"]}
     assert list(rows) == [("mixed", 1.0, "a"), ("mixed", 1.0, "b"), ("chain", 0.5, "a")]  # first seen first
     a = rows[("mixed", 1.0, "a")]
@@ -89,4 +96,9 @@ def test_a_study_of_two_loads_reports_each_row_and_writes_each_run(tmp_path: Pat
     assert runs[1]["per_workflow"]["image-classify"]["sim"]["invocations"] > runs[0]["per_workflow"]["image-classify"]["sim"]["invocations"]
     assert doc["rows_total"] == 2 and doc["rows_met"] == sum(r["met"] for r in doc["rows"])
     lags = [r["diagnostics"]["loop_lateness_ms"]["p99"] for r in runs]
-    assert doc["rounds"] == [{"round": 1, "rows_met": doc["rows_met"], "rows_total": 2, "loop_lateness_p99_ms": max(lags)}]
+    hosts = [r["diagnostics"]["host_cpu"] for r in runs]
+    assert doc["rounds"] == [{"round": 1, "rows_met": doc["rows_met"], "rows_total": 2, "loop_lateness_p99_ms": max(lags),
+                              "host_waiting_share": max((h["waiting_share"] for h in hosts if h["waiting_share"] is not None),
+                                                        default=None),
+                              "host_busy_share": max(h["busy_share"] for h in hosts),
+                              "other_cpu_s": max(h["other_cpu_s"] for h in hosts)}]
