@@ -949,6 +949,14 @@ class Controller:
     def _expire(self, inst: Instance, armed_ns: int) -> None:
         if inst.expiry != armed_ns:
             return  # stale: a sooner timer was armed since
+        if self._pass_scheduled and inst.state == _IDLE:
+            # NOTE: a pass is due at this instant and may give this instance work: the keep-alive counts idle
+            # time, and an instance is not idle until the policy has looked. Checked again after that pass (the
+            # clock runs call_soon callbacks in order, on both clocks). Without it a keep-alive of 0 stopped
+            # every instance the moment it was ready, before the pass could dispatch the jobs it was started
+            # for: such a function never served (found by the schemathesis test: invocations timed out).
+            self.clock.call_soon(lambda: self._expire(inst, armed_ns))
+            return
         inst.expiry = None
         if inst.state == _STOPPED:
             return

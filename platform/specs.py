@@ -194,7 +194,8 @@ class FunctionSpec(Spec):
     inputs: dict[TensorName, TensorSpec] = Field(default_factory=dict, max_length=MAX_TENSORS, description="input tensors per item")
     outputs: dict[TensorName, TensorSpec] = Field(default_factory=dict, max_length=MAX_TENSORS, description="output tensors per item")
     keep_alive_s: float | None = Field(None, ge=0, le=MAX_DURATION_S,
-                                       description=f"idle time before an instance is stopped, <= {MAX_DURATION_S} s (a year); None = the platform default")
+                                       description=f"idle time before an instance is stopped, <= {MAX_DURATION_S} s (a year); 0 = as soon as it is idle "
+                                                   "and the scheduler has no work for it; None = the platform default")
     inputs_any_float: bool = Field(False, description="accept any non-empty set of float tensors per item (a fan-in head fed by "
                                    "different upstreams); `inputs` then only describes the synthetic input")
     tenant: str = Field("default", description="owning tenant")
