@@ -50,9 +50,10 @@ placement) are left to the comparison, as is the host's CPU: the live side's GPU
 machine's cores, and when the machine is short of CPU (its own run or other work) the live side slows
 where the simulated one does not. `diagnostics` reports the gateway loop's lateness (`LoopProbe`), the
 host's CPU over the live run (`host_cpu`: the share of the time some task waited for a CPU, the busy
-share, the run's own CPU time and the rest's; `loadgen.host_cpu`), the driver's send lag, the gateway's decision time, the HTTP path, the measured
-costs (`sim_model`) and the share of each instance that each side's policy started (`instances_started`:
-where they part, the pools that meet the next burst differ, and with them that workflow's tail).
+share, the run's own CPU time and the rest's; `loadgen.host_cpu`), the driver's send lag, the gateway's
+decision time, the HTTP path, the measured costs (`sim_model`) and the share of each instance that each
+side's policy started (`instances_started`: where they part, the pools that meet the next burst differ,
+and with them that workflow's tail).
 
 Who calls it: `gpufaas fidelity` (gateway/cli/fidelity_cmd.py) and the tests. What it changes: a temporary
 data folder for the gateway (removed afterwards), the instances it starts and the driver's process (both

@@ -3,10 +3,16 @@
 A live run emulates GPUs with real processes on this machine's CPUs (the gateway's loop, one process per
 instance, the load generator), and the simulator models the GPUs, not those CPUs: when the machine is short
 of CPU, the live side slows where the simulated one does not (README "Fidelity"). `gpufaas fidelity`
-measures that per run, so that a row that missed its targets can be read beside what the host did: the
-machine's busy share over the live run (every core), the CPU time of the run's own processes (this process
-and the children it reaped: the workers and the driver), the rest (other processes on the machine) and the
-time the hypervisor gave to other machines on these cores (`steal`, where the system reports it).
+measures that per run, so that a row that missed its targets can be read beside what the host did: how
+much of the live run some task waited for a CPU (the kernel's pressure stall information, Linux 4.20+), the
+machine's busy share over it (every core), the CPU time of the run's own processes (this process and the
+children it reaped: the workers and the driver), the rest (other processes on the machine) and the time the
+hypervisor gave to other machines on these cores (`steal`, where the system reports it).
+
+NOTE: the waiting share is the figure that says the host was short of CPU, whoever's work it was. The busy
+time comes from the kernel's per-tick samples, which miss part of the short wake-ups a gateway and its
+workers are made of (up to 4 % below the run's own CPU time, which the kernel counts exactly, on the
+development machine), so `other_cpu_s` is a lower bound.
 
 Who calls it: `loadgen.fidelity.run_fidelity`, around the live run. It changes nothing.
 """

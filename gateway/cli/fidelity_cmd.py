@@ -18,6 +18,11 @@ import click
 from gpufaas.platform.errors import UserError
 
 
+def _pct(share: float | None) -> str:
+    """A 0-1 share as a whole percentage; "-" when not measured."""
+    return "-" if share is None else f"{100 * share:.0f} %"
+
+
 def print_report(doc: dict) -> None:
     """The comparison as a rich table on stdout, one row per workflow, then the diagnostics."""
     from rich.console import Console
@@ -54,10 +59,9 @@ def print_report(doc: dict) -> None:
               + (f"; live errors {dg['live_errors']}" if dg["live_errors"] else ""), highlight=False)
     host = dg["host_cpu"]
     if host is not None:
-        waited = "-" if host["waiting_share"] is None else f"{100 * host['waiting_share']:.0f} %"
-        con.print(f"host over the live run ({host['wall_s']:.1f} s, {host['cores']} cores): some task waited for a CPU {waited} of the time; "
-                  f"{100 * host['busy_share']:.0f} % busy; this run's processes {host['own_cpu_s']:.1f} core-s, other processes "
-                  f"{host['other_cpu_s']:.1f}, steal {host['steal_s']:.1f} (the simulator models the GPUs, not this machine's CPUs)",
+        con.print(f"host over the live run ({host['wall_s']:.1f} s, {host['cores']} cores): some task waited for a CPU "
+                  f"{_pct(host['waiting_share'])} of the time; {_pct(host['busy_share'])} busy; this run's processes "
+                  f"{host['own_cpu_s']:.1f} core-s, other processes {host['other_cpu_s']:.1f}, steal {host['steal_s']:.1f} (the simulator models the GPUs, not this machine's CPUs)",
                   highlight=False)
     model = dg["sim_model"]
     if model is not None:
@@ -100,16 +104,13 @@ def print_study(study: dict) -> None:
     con.print(t)
     con.print(f"rows met: {study['rows_met']} of {study['rows_total']} (a row: one workflow in one run; targets: "
               f"|Δ hit| <= 0.03, p50 within 15 %, p99 within 30 %); each run's own report: --json or --out DIR", highlight=False)
-    def pct(x: float | None) -> str:
-        return "-" if x is None else f"{100 * x:.0f} %"
-
     con.print("per round, rows met and at worst over its runs (how short of CPU the host was): the gateway loop's lateness p99, "
               "the share of the time some task waited for a CPU, the host's busy share, other processes' CPU time")
     for r in study["rounds"]:
         lag = "-" if r["loop_lateness_p99_ms"] is None else f"{r['loop_lateness_p99_ms']:.1f} ms"
         other = "-" if r["other_cpu_s"] is None else f"{r['other_cpu_s']:.1f} core-s"
-        con.print(f"  round {r['round']}: {r['rows_met']} of {r['rows_total']}; loop {lag}; waited {pct(r['host_waiting_share'])}; "
-                  f"busy {pct(r['host_busy_share'])}; others {other}", highlight=False)
+        con.print(f"  round {r['round']}: {r['rows_met']} of {r['rows_total']}; loop {lag}; waited {_pct(r['host_waiting_share'])}; "
+                  f"busy {_pct(r['host_busy_share'])}; others {other}", highlight=False)
 
 
 @click.command("fidelity")
